@@ -1,0 +1,1 @@
+"""selfreward_jax"""
