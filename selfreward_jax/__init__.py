@@ -1,1 +1,51 @@
-"""selfreward_jax"""
+"""selfreward_jax: Self-Rewarding Language Models (Yuan et al., ICML 2024) in pure JAX.
+
+The public API is listed in ``__all__`` (and in the README). Names are imported lazily, so
+``import selfreward_jax`` stays cheap: JetStream (and the TensorFlow it pulls in) is only imported
+when the sampler or the server is used.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # model
+    "LlamaConfig": "selfreward_jax.model.llama",
+    "init_params": "selfreward_jax.model.llama",
+    "forward": "selfreward_jax.model.llama",
+    "KVCache": "selfreward_jax.model.llama",
+    "init_cache": "selfreward_jax.model.llama",
+    "param_axes": "selfreward_jax.model.llama",
+    # sharding
+    "MeshConfig": "selfreward_jax.sharding",
+    "make_mesh": "selfreward_jax.sharding",
+    "param_shardings": "selfreward_jax.sharding",
+    "shard_params": "selfreward_jax.sharding",
+    "init_sharded_params": "selfreward_jax.sharding",
+    "batch_sharding": "selfreward_jax.sharding",
+    # tokenizer
+    "Tokenizer": "selfreward_jax.tokenizer",
+    "train_sentencepiece": "selfreward_jax.tokenizer",
+    "to_hf_tokenizer": "selfreward_jax.tokenizer",
+    # data
+    "DataError": "selfreward_jax.data.jsonl",
+    "read_jsonl": "selfreward_jax.data.jsonl",
+    "write_jsonl": "selfreward_jax.data.jsonl",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+  module = _EXPORTS.get(name)
+  if module is None:
+    raise AttributeError(f"module 'selfreward_jax' has no attribute {name!r}")
+  value = getattr(importlib.import_module(module), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return __all__
