@@ -1,0 +1,275 @@
+"""Offline continuous-batching sampler over the JetStream ``Engine``, in process.
+
+One Python loop calls the engine directly (no orchestrator threads, no gRPC): whenever a decode
+slot is free, the next (prompt, sample) is inserted into it; the decode steps run
+``steps_per_sync`` at a time inside one jitted ``lax.while_loop`` (``Engine.generate_steps``), and
+the loop fetches their tokens with one host sync. A slot that finishes mid-chunk idles until the
+chunk ends; while requests are waiting, the chunk ends as soon as any running slot finishes, so
+its slot is refilled at once (continuous batching).
+
+Sharing and determinism:
+
+* The N samples of a prompt share one prefill: the prefix is computed once and inserted into N
+  slots (over several rounds if N exceeds the slots; ``num_samples > max_concurrent`` is fine).
+* Sample j of a prompt draws token n with the key ``fold_in(fold_in(fold_in(fold_in(key(seed),
+  h), r), j), n)`` where h is a hash of the prompt's token ids and r counts earlier identical
+  prompts in the same call. So a sample depends only on (seed, prompt, its occurrence, j), never
+  on the slot it lands in, its neighbours, the order of the prompts or ``max_concurrent``
+  (up to float rounding of the batched forward, which the tests show to be exact on CPU).
+
+The sampler uses the params it is given as they are (same shardings, no host copy), so training
+and generation can alternate in one process: ``update_params`` after each training step, or pass
+``params=`` per call. (If the trainer donates its params, the sampler must get the new ones.)
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from selfreward_jax.model import llama
+from selfreward_jax.sampling import engine as engine_lib
+
+
+@dataclasses.dataclass
+class SamplerStats:
+  """Counters of the last ``Sampler.generate`` call."""
+
+  new_tokens: int = 0      # tokens returned (stop tokens excluded)
+  prefills: int = 0
+  decode_steps: int = 0    # generate steps run (each advances every slot)
+  host_syncs: int = 0
+  seconds: float = 0.0
+
+
+class Sampler:
+  """Continuous-batching sampling of a Llama on a mesh.
+
+  Args:
+    config: the model's ``LlamaConfig``.
+    params: current parameters (any sharding, used in place).
+    max_concurrent: decode slots (sequences decoded together).
+    max_prefill_length: longest prompt, a power of two >= 16 (prompts are padded to power-of-two
+      buckets 16, 32, ... up to it, so at most log2(max/8) prefill compilations).
+    max_decode_length: the KV cache length: the longest prompt + continuation of one sequence
+      (<= ``config.max_seq_len``, >= ``max_prefill_length``).
+    mesh: default: the params' mesh.
+    steps_per_sync: decode steps per jitted chunk / host sync.
+  """
+
+  def __init__(self, config: llama.LlamaConfig, params: Any, *, max_concurrent: int,
+               max_prefill_length: int, max_decode_length: int,
+               mesh: Optional[jax.sharding.Mesh] = None, steps_per_sync: int = 16):
+    if steps_per_sync < 1:
+      raise ValueError(f"steps_per_sync={steps_per_sync}: must be >= 1")
+    self.engine = engine_lib.Engine(
+        config, params, max_concurrent_decodes=max_concurrent,
+        max_prefill_length=max_prefill_length, max_cache_length=max_decode_length, mesh=mesh)
+    self.config = config
+    self.steps_per_sync = int(steps_per_sync)
+    self.stats = SamplerStats()
+
+  @property
+  def params(self) -> Any:
+    return self.engine.load_params()
+
+  def update_params(self, params: Any) -> None:
+    """Uses ``params`` from now on (no copy; e.g. the trainer's params after a DPO step)."""
+    self.engine.update_params(params)
+
+  def generate(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+               num_samples: int = 1, temperature: float = 0.0, top_p: float = 1.0,
+               top_k: int = 0, stop_ids: Sequence[int] = (), seed: int = 0,
+               return_logprobs: bool = False, params: Any = None):
+    """Samples ``num_samples`` continuations of every prompt.
+
+    Args:
+      prompts: token-id sequences (include BOS yourself), each 1..max_prefill_length long.
+      max_new_tokens: >= 1; prompt length + max_new_tokens must fit ``max_decode_length``.
+      num_samples: continuations per prompt (any number; they share one prefill).
+      temperature: 0 = greedy; top_p in (0, 1]; top_k >= 0 (0 = off). See ``sampling.ops``.
+      stop_ids: up to 8 ids that end a continuation (the stop token is not returned).
+      seed: with the prompts, determines every sample (see the module docstring).
+      return_logprobs: also return each token's log-probability under the model itself, i.e.
+        ``log_softmax`` of the raw logits (not the tempered / truncated sampling distribution).
+      params: use these instead of the sampler's params for this call.
+
+    Returns:
+      ``tokens[i][j]``: list of ids of sample j of prompt i (continuation only, stop token
+      excluded); with ``return_logprobs``, ``(tokens, logprobs)`` with matching float lists.
+
+    Raises:
+      ValueError: empty or over-long prompt, ids outside the vocabulary, max_new_tokens < 1,
+        prompt + max_new_tokens beyond the cache, bad sampling settings, more than 8 stop ids.
+    """
+    prompts = [self._checked_prompt(i, p, max_new_tokens) for i, p in enumerate(prompts)]
+    self._check_call(max_new_tokens, num_samples, temperature, top_p, top_k, stop_ids)
+    params = self.params if params is None else params
+    start = time.perf_counter()
+    self.stats = SamplerStats()
+    run = _Run(self, params, prompts, num_samples, _sample_keys(prompts, num_samples, seed),
+               dict(temperature=temperature, top_p=top_p, top_k=top_k,
+                    max_new_tokens=max_new_tokens), tuple(stop_ids), return_logprobs)
+    tokens, logprobs = run.loop()
+    self.stats.seconds = time.perf_counter() - start
+    self.stats.new_tokens = sum(len(s) for per in tokens for s in per)
+    return (tokens, logprobs) if return_logprobs else tokens
+
+  # ---- validation ------------------------------------------------------------------------------
+
+  def _checked_prompt(self, i: int, prompt: Sequence[int], max_new_tokens: int) -> np.ndarray:
+    p = np.asarray(prompt)
+    if p.ndim != 1 or p.size == 0:
+      raise ValueError(f"prompt {i} is empty (or not a flat id list); a prompt needs at least one "
+                       "token, e.g. BOS")
+    if not np.issubdtype(p.dtype, np.integer) or p.min() < 0 or p.max() >= self.config.vocab_size:
+      raise ValueError(f"prompt {i}: ids must be integers in [0, {self.config.vocab_size})")
+    if p.size > self.engine.max_prefill_length:
+      raise ValueError(f"prompt {i} has {p.size} tokens > max_prefill_length="
+                       f"{self.engine.max_prefill_length} (the sampler does not truncate)")
+    if p.size + max_new_tokens > self.engine.max_cache_length:
+      raise ValueError(f"prompt {i}: {p.size} tokens + max_new_tokens={max_new_tokens} exceeds the "
+                       f"cache length max_decode_length={self.engine.max_cache_length}")
+    return p.astype(np.int32)
+
+  def _check_call(self, max_new_tokens, num_samples, temperature, top_p, top_k, stop_ids):
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 1")
+    if num_samples < 1:
+      raise ValueError(f"num_samples={num_samples}: must be >= 1")
+    engine_lib.check_settings(temperature, top_p, top_k)
+    engine_lib._stop_array(stop_ids)  # pylint: disable=protected-access
+
+
+class _Run:
+  """State of one ``Sampler.generate`` call (host side)."""
+
+  def __init__(self, sampler: Sampler, params, prompts, num_samples, keys_pn2, settings,
+               stop_ids, return_logprobs):
+    self.s, self.engine, self.params = sampler, sampler.engine, params
+    self.prompts, self.keys_pn2, self.settings = prompts, keys_pn2, settings
+    self.stop_ids, self.return_logprobs = stop_ids, return_logprobs
+    self.queue = collections.deque((i, j) for i in range(len(prompts)) for j in range(num_samples))
+    self.prefixes = {}  # prompt index -> [prefix, inserts left]
+    self.slots = [None] * self.engine.max_concurrent_decodes  # (i, j, tokens, logprobs) or None
+    self.tokens = [[None] * num_samples for _ in prompts]
+    self.logprobs = [[None] * num_samples for _ in prompts]
+
+  def loop(self):
+    state = self.engine.init_decode_state()
+    while True:
+      state = self._fill(state)
+      if all(x is None for x in self.slots):
+        return self.tokens, self.logprobs
+      state = self._decode_chunk(state)
+
+  def _prefix(self, i: int):
+    if i not in self.prefixes:
+      p = self.prompts[i]
+      t = engine_lib.bucket_length(p.size, self.engine.max_prefill_length)
+      padded = np.zeros((t,), np.int32)
+      padded[:p.size] = p
+      prefix = self.engine.prefill(params=self.params, padded_tokens=padded,
+                                   true_length=p.size, **self.settings)
+      self.prefixes[i] = [prefix, len(self.tokens[i])]
+      self.s.stats.prefills += 1
+    entry = self.prefixes[i]
+    entry[1] -= 1
+    if entry[1] == 0:
+      del self.prefixes[i]
+    return entry[0]
+
+  def _fill(self, state):
+    for b, occupant in enumerate(self.slots):
+      if occupant is None and self.queue:
+        i, j = self.queue.popleft()
+        state = self.engine.insert(self._prefix(i), state, b, rng=self.keys_pn2[i][j])
+        self.slots[b] = (i, j, [], [])
+    return state
+
+  def _decode_chunk(self, state):
+    state, tokens_kb, valid_kb, logprobs_kb, n = self.engine.generate_steps(
+        self.params, state, num_steps=self.s.steps_per_sync, stop_ids=self.stop_ids,
+        exit_on_finish=bool(self.queue))
+    fetch = (tokens_kb, valid_kb, n, state.done_b) + ((logprobs_kb,) if self.return_logprobs else ())
+    host = jax.device_get(fetch)
+    tokens_kb, valid_kb, n, done_b = host[:4]
+    logprobs_kb = host[4] if self.return_logprobs else None
+    self.s.stats.decode_steps += int(n)
+    self.s.stats.host_syncs += 1
+    for b, occupant in enumerate(self.slots):
+      if occupant is not None:
+        self._collect(b, occupant, tokens_kb[:n, b], valid_kb[:n, b],
+                      None if logprobs_kb is None else logprobs_kb[:n, b], bool(done_b[b]))
+    return state
+
+  def _collect(self, b, occupant, tokens_k, valid_k, logprobs_k, done):
+    i, j, toks, lps = occupant
+    toks.extend(tokens_k[valid_k].tolist())
+    if logprobs_k is not None:
+      lps.extend(logprobs_k[valid_k].tolist())
+    if not done:
+      return
+    if toks and toks[-1] in self.stop_ids:
+      toks.pop()
+      if lps:
+        lps.pop()
+    self.tokens[i][j] = toks
+    self.logprobs[i][j] = lps if self.return_logprobs else None
+    self.slots[b] = None
+
+
+def _prompt_hash(p: np.ndarray) -> int:
+  return int.from_bytes(hashlib.blake2b(p.astype("<i4").tobytes(), digest_size=4).digest(),
+                        "little") & 0x7FFFFFFF
+
+
+def _sample_keys(prompts: Sequence[np.ndarray], num_samples: int, seed: int) -> np.ndarray:
+  """uint32 [P, N, 2]: raw key of sample j of prompt i (see the module docstring)."""
+  seen = collections.Counter()
+  ids = []
+  for p in prompts:
+    h = _prompt_hash(p)
+    ids.append((h, seen[h]))
+    seen[h] += 1
+  ids = jnp.asarray(np.array(ids, np.int32).reshape(-1, 2))
+  return np.asarray(_keys_jit(jnp.int32(seed), ids, num_samples))
+
+
+def _keys(seed, ids_p2, num_samples):
+  base = jax.random.key(seed)
+
+  def one(h, r, j):
+    k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(base, h), r), j)
+    return jax.random.key_data(k)
+
+  per_prompt = lambda hr: jax.vmap(lambda j: one(hr[0], hr[1], j))(jnp.arange(num_samples))
+  return jax.vmap(per_prompt)(ids_p2)
+
+
+_keys_jit = jax.jit(_keys, static_argnums=2)
+
+
+def generate_text(sampler: Sampler, tokenizer, prompts: Sequence[str], *,
+                  system: Optional[str] = None, stop_ids: Optional[Sequence[int]] = None,
+                  **kwargs) -> list[list[str]]:
+  """Chat-templated text in, text out.
+
+  Each prompt becomes ``tokenizer.chat_prompt(prompt, system)`` (Llama 2 ``[INST]`` format with
+  BOS); generation stops at EOS (default ``stop_ids=(tokenizer.eos_id,)``); each continuation is
+  ``tokenizer.decode``-d. ``kwargs`` go to ``Sampler.generate`` (``max_new_tokens``,
+  ``num_samples``, ``temperature``, ...; not ``return_logprobs``). Returns ``texts[i][j]``.
+  """
+  if kwargs.get("return_logprobs"):
+    raise ValueError("generate_text returns text only; use Sampler.generate for log-probs")
+  ids = [tokenizer.chat_prompt(p, system=system) for p in prompts]
+  stop = (tokenizer.eos_id,) if stop_ids is None else tuple(stop_ids)
+  out = sampler.generate(ids, stop_ids=stop, **kwargs)
+  return [[tokenizer.decode(s) for s in per] for per in out]
