@@ -1,0 +1,88 @@
+"""Train-state checkpoints with orbax: async saves every N steps, retention, resume onto any mesh.
+
+A checkpoint at step s holds the ``TrainState`` after s updates (params, optimizer state, step,
+rng) and a JSON ``meta`` dict (the data position of the next batch, the data fingerprint, ...).
+Restoring uses an abstract target of ``jax.ShapeDtypeStruct(..., sharding=...)`` built for the
+*current* mesh, so a run saved on one topology resumes on another.
+
+Async saves run in the background; an unfinished save is discarded by orbax (a killed process
+leaves only finalised checkpoints visible), and ``close()`` waits for pending saves: always use
+the ``Checkpointer`` as a context manager (or close it in a ``finally``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+  """Saves and restores ``(state, meta)`` under ``directory`` (one subdirectory per step).
+
+  Args:
+    directory: where checkpoints live (created if missing).
+    save_every: ``maybe_save`` saves when ``step % save_every == 0`` (or when forced).
+    max_to_keep: keep the newest this many (None: all). Counts every step in the directory.
+    async_save: save in a background thread (training continues while the write happens).
+  """
+
+  def __init__(self, directory: str, *, save_every: int = 200, max_to_keep: Optional[int] = 3,
+               async_save: bool = True):
+    if save_every <= 0:
+      raise ValueError(f"save_every={save_every} must be positive")
+    self.directory = os.path.abspath(os.fspath(directory))
+    self.save_every = save_every
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                           enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> Optional[int]:
+    """Newest finalised step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, meta: Dict[str, Any]) -> bool:
+    """Starts saving ``state`` (a pytree of jax Arrays) and ``meta`` (JSON) as ``step``."""
+    if step in self._manager.all_steps():
+      return False
+    saved = self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(meta)), force=True)
+    if saved:
+      log.info("checkpoint: saving step %d to %s", step, self.directory)
+    return saved
+
+  def maybe_save(self, step: int, state: Any, meta: Dict[str, Any], force: bool = False) -> bool:
+    if force or step % self.save_every == 0:
+      return self.save(step, state, meta)
+    return False
+
+  def restore(self, step: int, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
+    """``(state, meta)`` of ``step``, laid out as ``abstract_state`` (ShapeDtypeStructs with
+    shardings on the current mesh)."""
+    out = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                      meta=ocp.args.JsonRestore()))
+    return out.state, dict(out.meta)
+
+  def wait(self) -> None:
+    """Blocks until pending async saves are written."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -1,0 +1,177 @@
+"""The training loop shared by the SFT and DPO trainers: fresh start or resume, steps, metrics,
+checkpoints, the non-finite-loss guard.
+
+Workdir layout (one trainer run per workdir)::
+
+  checkpoints/<step>/   orbax: TrainState + meta (data position, data fingerprint, total steps)
+  metrics.jsonl         one record per step (see ``train.metrics``)
+  tb/                   TensorBoard scalars
+  data_stats.json       kept/skipped example counts (written by the trainer)
+  summary.json          written when the run finishes: steps, final metrics, wall time
+
+Rerunning with the same workdir resumes from the newest checkpoint (params, optimizer state, step,
+rng and data position), onto the current mesh; a finished run restores its final state without
+training. A non-finite loss or gradient norm stops training with ``NonFiniteLossError`` before
+anything is saved for that step, so the newest checkpoint is the last good state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import optax
+from jax.sharding import Mesh
+
+from selfreward_jax.data.batching import Batcher, DataPosition
+from selfreward_jax.data.jsonl import write_json
+from selfreward_jax.model import llama
+from selfreward_jax.train import state as st
+from selfreward_jax.train.checkpoints import Checkpointer
+from selfreward_jax.train.config import TrainConfig
+from selfreward_jax.train.metrics import MetricsLogger, is_finite
+from selfreward_jax.train.step import Objective, TrainStep
+
+log = logging.getLogger(__name__)
+
+OnStep = Callable[[int, Dict[str, float]], None]
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN/inf loss or gradient norm; ``last_checkpoint_step`` is the newest
+  (good) checkpoint, or None."""
+
+  def __init__(self, message: str, step: int, last_checkpoint_step: Optional[int]):
+    super().__init__(message)
+    self.step, self.last_checkpoint_step = step, last_checkpoint_step
+
+
+@dataclasses.dataclass
+class LoopSpec:
+  """What a trainer hands the loop.
+
+  name: "sft" / "dpo" (TensorBoard prefix, checkpoint meta).
+  model_config: the training model config (float32 params; see ``TrainConfig.model_config``).
+  objective, tx, schedule: the step's loss and optimizer.
+  make_batcher: ``DataPosition -> Batcher`` (called with the restored position on resume).
+  total_steps: updates in the whole run.
+  fingerprint: ``batching.fingerprint`` of the training data (a resume on other data is refused).
+  extra, extra_shardings: passed to every step (in-step DPO reference params).
+  """
+
+  name: str
+  model_config: llama.LlamaConfig
+  objective: Objective
+  tx: optax.GradientTransformation
+  schedule: Callable
+  make_batcher: Callable[[DataPosition], Batcher]
+  total_steps: int
+  fingerprint: str
+  extra: Any = None
+  extra_shardings: Any = None
+
+
+def _restore_or_init(spec: LoopSpec, ckpt: Checkpointer, shardings: st.TrainState, params,
+                     seed: int):
+  latest = ckpt.latest_step()
+  if latest is None:
+    return st.init_train_state(params, spec.tx, shardings, seed), DataPosition(), 0
+  abstract = st.abstract_state(spec.model_config, spec.tx, shardings)
+  state, meta = ckpt.restore(latest, abstract)
+  if meta.get("data_fingerprint") != spec.fingerprint:
+    raise ValueError(f"{ckpt.directory}: checkpoint step {latest} was trained on different data "
+                     "(fingerprint mismatch); use a fresh workdir for new data")
+  if meta.get("total_steps") != spec.total_steps:
+    log.warning("%s: resuming a run planned for %s steps with total_steps=%d (the lr schedule "
+                "changes)", spec.name, meta.get("total_steps"), spec.total_steps)
+  log.info("%s: resumed from step %d (%s)", spec.name, latest, ckpt.directory)
+  return state, DataPosition.from_dict(meta["data_position"]), latest
+
+
+def run_training(spec: LoopSpec, params, train_config: TrainConfig, workdir: str, mesh: Mesh,
+                 on_step: Optional[OnStep] = None) -> st.TrainState:
+  """Trains until ``spec.total_steps`` (resuming from ``workdir`` if it holds a checkpoint).
+
+  ``params``: initial params (ignored on resume); they are placed into the train state without
+  a copy when already float32 on the right shardings, and the step donates them: do not use the
+  caller's references afterwards. ``on_step(step, metrics)`` is called after each logged step.
+  Returns the final ``TrainState``.
+  """
+  tc = train_config
+  shardings = st.state_shardings(spec.model_config, spec.tx, mesh)
+  step_fn = TrainStep(spec.objective, spec.tx, spec.schedule, shardings, mesh,
+                      spec.extra_shardings)
+  t_start = time.time()
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tc.save_every,
+                      max_to_keep=tc.max_to_keep, async_save=tc.async_checkpointing)
+  logger = None
+  try:
+    state, position, start = _restore_or_init(spec, ckpt, shardings, params, tc.seed)
+    del params
+    batcher = spec.make_batcher(position)
+    logger = MetricsLogger(workdir, total_steps=spec.total_steps, start_step=start,
+                           tensorboard=tc.tensorboard, progress=tc.progress,
+                           prefix=f"{spec.name}/")
+    metrics = {}
+    batch = batcher.next_batch() if start < spec.total_steps else None
+    t_prev = time.time()
+    for step in range(start, spec.total_steps):
+      state, dev_metrics = step_fn(state, batch, spec.extra)
+      position = batcher.position  # of the batch after the one just used
+      if step + 1 < spec.total_steps:
+        batch = batcher.next_batch()  # overlaps with the device computation
+      metrics = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+      now = time.time()
+      metrics["step_time_s"] = now - t_prev
+      metrics["tokens_per_s"] = metrics.get("n_tokens", 0.0) / max(now - t_prev, 1e-9)
+      t_prev = now
+      if not is_finite(metrics):
+        ckpt.wait()
+        last = ckpt.latest_step()
+        raise NonFiniteLossError(
+            f"{spec.name}: non-finite loss={metrics['loss']} / grad_norm={metrics['grad_norm']} "
+            f"at step {step + 1}; training stopped, nothing saved for this step. Last good "
+            f"checkpoint: {'none' if last is None else f'step {last}'} in {ckpt.directory}",
+            step + 1, last)
+      logger.log(step + 1, metrics)
+      logger.advance()
+      meta = {"data_position": position.to_dict(), "data_fingerprint": spec.fingerprint,
+              "total_steps": spec.total_steps, "kind": spec.name}
+      ckpt.maybe_save(step + 1, state, meta, force=step + 1 == spec.total_steps)
+      if on_step is not None:
+        on_step(step + 1, metrics)
+    ckpt.wait()
+    write_json(os.path.join(workdir, "summary.json"), {
+        "kind": spec.name, "total_steps": spec.total_steps, "resumed_from": start,
+        "final_metrics": metrics, "wall_time_s": time.time() - t_start,
+        "checkpoints": ckpt.all_steps()})
+    return state
+  finally:
+    ckpt.close()
+    if logger is not None:
+      logger.close()
+
+
+def mesh_or_default(mesh: Optional[Mesh]) -> Mesh:
+  """``mesh``, or one over all devices with every device on the fsdp axis."""
+  if mesh is not None:
+    return mesh
+  from selfreward_jax import sharding as shd  # pylint: disable=g-import-not-at-top
+  return shd.make_mesh(shd.MeshConfig())
+
+
+def export_final(export_hf, workdir: str, config: llama.LlamaConfig, params) -> Optional[str]:
+  """Writes the HF checkpoint of the final params to ``<workdir>/hf`` via ``export_hf(path, config,
+  params)``; ``export_hf=True`` uses ``checkpoint.hf.save_hf_checkpoint``; None/False skips."""
+  if not export_hf:
+    return None
+  if export_hf is True:
+    from selfreward_jax.checkpoint.hf import save_hf_checkpoint  # pylint: disable=g-import-not-at-top
+    export_hf = save_hf_checkpoint
+  path = os.path.join(workdir, "hf")
+  export_hf(path, config, params)
+  return path
