@@ -1,0 +1,118 @@
+"""The sampling function draws from the right distribution (chi-square at a fixed seed), greedy
+is argmax, log-probs are the raw model's, and a row's draw does not depend on other rows."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from selfreward_jax.sampling import ops
+
+LOGITS = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0], np.float32)
+DRAWS = 20000
+
+
+def _expected(logits, temperature, top_p=1.0, top_k=0):
+  """Reference filtered softmax, written independently in numpy."""
+  z = logits.astype(np.float64) / temperature
+  p = np.exp(z - z.max())
+  p /= p.sum()
+  order = np.argsort(-p, kind="stable")
+  keep = np.zeros_like(p, bool)
+  if top_k:
+    keep[order[:top_k]] = True
+  else:
+    keep[:] = True
+  q = np.where(keep, p, 0)
+  q /= q.sum()
+  mass = 0.0
+  final = np.zeros_like(keep)
+  for i in order:
+    if not keep[i] or mass >= top_p:
+      continue
+    final[i] = True
+    mass += q[i]
+  r = np.where(final, p, 0)
+  return r / r.sum()
+
+
+def _draw(logits, temperature, top_p, top_k, n=DRAWS, seed=0):
+  b = n
+  keys = jax.random.key_data(jax.random.split(jax.random.key(seed), b))
+  logits_bv = jnp.broadcast_to(jnp.asarray(logits), (b, logits.size))
+  toks = jax.jit(ops.sample_tokens)(keys, logits_bv, jnp.full((b,), temperature, jnp.float32),
+                                    jnp.full((b,), top_p, jnp.float32),
+                                    jnp.full((b,), top_k, jnp.int32))
+  return np.bincount(np.asarray(toks), minlength=logits.size)
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", [
+    (1.0, 1.0, 0), (0.7, 1.0, 0), (1.5, 1.0, 0), (0.7, 0.9, 0), (1.0, 0.6, 0),
+    (1.0, 1.0, 3), (0.7, 0.9, 4), (2.0, 0.5, 5),
+])
+def test_empirical_frequencies_match_filtered_softmax(temperature, top_p, top_k):
+  counts = _draw(LOGITS, temperature, top_p, top_k)
+  expected = _expected(LOGITS, temperature, top_p, top_k)
+  assert np.all(counts[expected == 0] == 0), (counts, expected)
+  kept = expected > 0
+  if kept.sum() > 1:
+    _, p_value = stats.chisquare(counts[kept], expected[kept] / expected[kept].sum() * counts.sum())
+    assert p_value > 1e-3, (counts, expected * DRAWS, p_value)
+  else:
+    assert counts[kept][0] == DRAWS
+
+
+def test_filter_keeps_expected_sets():
+  # top-p 0.9 at T=0.7 on LOGITS keeps exactly the tokens the reference keeps
+  out = ops.sampling_logits(jnp.asarray(LOGITS)[None], jnp.array([0.7]), jnp.array([0.9]),
+                            jnp.array([0], jnp.int32))
+  np.testing.assert_array_equal(np.isfinite(np.asarray(out[0])), _expected(LOGITS, 0.7, 0.9) > 0)
+  # a tiny top_p keeps only the most probable token; top_k=1 too
+  for p, k in [(1e-6, 0), (1.0, 1)]:
+    out = ops.sampling_logits(jnp.asarray(LOGITS)[None], jnp.array([1.0]), jnp.array([p]),
+                              jnp.array([k], jnp.int32))
+    assert np.isfinite(np.asarray(out[0])).sum() == 1
+
+
+def test_greedy_is_argmax_and_ignores_key():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(6, 50)).astype(np.float32)
+  for seed in range(3):
+    keys = jax.random.key_data(jax.random.split(jax.random.key(seed), 6))
+    toks = ops.sample_tokens(keys, jnp.asarray(logits), jnp.zeros(6), jnp.full(6, 0.9),
+                             jnp.full(6, 5, jnp.int32))
+    np.testing.assert_array_equal(np.asarray(toks), logits.argmax(-1))
+
+
+def test_rows_are_independent_of_their_neighbours():
+  """A row's draw depends only on its own key, logits and settings, not on the batch."""
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(5, 64)).astype(np.float32) * 3)
+  keys = jax.random.key_data(jax.random.split(jax.random.key(7), 5))
+  temp = jnp.array([0.7, 1.0, 0.0, 0.7, 1.3])
+  top_p = jnp.array([0.9, 1.0, 1.0, 1.0, 0.8])
+  top_k = jnp.array([0, 0, 0, 10, 3], jnp.int32)
+  together = np.asarray(ops.sample_tokens(keys, logits, temp, top_p, top_k))
+  for i in range(5):
+    alone = ops.sample_tokens(keys[i:i + 1], logits[i:i + 1], temp[i:i + 1], top_p[i:i + 1],
+                              top_k[i:i + 1])
+    assert int(alone[0]) == together[i]
+  # a row without filtering gives the same draw whether or not another row needs the sort
+  plain = ops.sample_tokens(keys[1:2], logits[1:2], temp[1:2], top_p[1:2], top_k[1:2])
+  assert int(plain[0]) == together[1]
+
+
+def test_token_logprobs_are_raw_log_softmax():
+  logits = jnp.asarray(np.random.default_rng(2).normal(size=(3, 20)).astype(np.float32))
+  toks = jnp.array([0, 7, 19])
+  want = jax.nn.log_softmax(logits, -1)[jnp.arange(3), toks]
+  np.testing.assert_allclose(np.asarray(ops.token_logprobs(logits, toks)), np.asarray(want),
+                             rtol=1e-6)
+
+
+def test_step_keys_differ_per_step_and_row():
+  keys = jax.random.key_data(jax.random.split(jax.random.key(0), 2))
+  a = np.asarray(ops.step_keys(keys, jnp.array([0, 0])))
+  b = np.asarray(ops.step_keys(keys, jnp.array([1, 1])))
+  assert not np.array_equal(a[0], a[1]) and not np.array_equal(a, b)
