@@ -1,0 +1,183 @@
+"""Engine (JetStream 0.2.2 contract): prefill + insert + generate reproduce the full forward's
+logits, ResultTokens layout, rng handling, budgets, cache end, truncation, errors, sharding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import run_multidevice
+from selfreward_jax.model import llama
+from selfreward_jax.sampling.engine import Engine, bucket_length
+
+
+@pytest.fixture(scope="module")
+def model():
+  config = llama.LlamaConfig.tiny(vocab_size=128, max_seq_len=64)
+  return config, llama.init_params(config, jax.random.key(0))
+
+
+def _engine(model, **kw):
+  config, params = model
+  kw = dict(dict(max_concurrent_decodes=3, max_prefill_length=16, max_cache_length=48), **kw)
+  return Engine(config, params, **kw)
+
+
+def _padded(prompt, t=16):
+  out = np.zeros((t,), np.int32)
+  out[:len(prompt)] = prompt
+  return out
+
+
+def test_prefill_and_decode_logits_equal_full_forward(model):
+  config, params = model
+  eng = _engine(model)
+  prompts = {0: [1, 5, 9, 13, 17], 2: [1, 7, 3, 8, 2, 9, 4, 10, 11]}
+  state = eng.init_decode_state()
+  seen = {slot: [] for slot in prompts}
+  for slot, p in prompts.items():
+    prefix = eng.prefill(params=params, padded_tokens=_padded(p), true_length=len(p))
+    seen[slot].append(np.asarray(prefix.logits_v))
+    state = eng.insert(prefix, state, slot)
+  tokens = {slot: [] for slot in prompts}
+  for _ in range(6):
+    state, result = eng.generate(params, state)
+    data = np.asarray(result.data)
+    logits = np.asarray(state.logits_bv)
+    for slot in prompts:
+      tokens[slot].append(int(data[slot, 0]))
+      seen[slot].append(logits[slot])
+  for slot, p in prompts.items():
+    seq = p + tokens[slot]
+    full = np.asarray(llama.forward(params, jnp.asarray([seq]), config)[0])
+    np.testing.assert_allclose(np.stack(seen[slot]), full[len(p) - 1:], atol=1e-5, rtol=1e-5)
+    assert tokens[slot] == [int(np.argmax(full[len(p) - 1 + i])) for i in range(6)]
+
+
+def test_result_tokens_layout_and_validity(model):
+  config, params = model
+  eng = _engine(model)
+  state = eng.init_decode_state()
+  p = [1, 4, 6]
+  prefix = eng.prefill(params=params, padded_tokens=_padded(p), true_length=3, max_new_tokens=3)
+  state = eng.insert(prefix, state, 1)
+  rows = []
+  for _ in range(4):
+    state, result = eng.generate(params, state)
+    assert result.data.shape == (3, 3) and result.data.dtype == jnp.int32
+    assert result.samples_per_slot == eng.samples_per_slot == 1
+    rows.append(result.convert_to_numpy().get_result_at_slot(1))
+  assert [int(r.valid[0, 0]) for r in rows] == [1, 1, 1, 0]  # budget of 3 new tokens
+  assert [int(r.lengths[0]) for r in rows[:3]] == [1, 2, 3]
+  free = result.convert_to_numpy().get_result_at_slot(0)
+  assert int(free.valid[0, 0]) == 0
+
+
+def test_slot_stops_at_cache_end(model):
+  config, params = model
+  eng = _engine(model, max_cache_length=20)
+  state = eng.init_decode_state()
+  p = list(range(1, 17))  # 16 tokens: room for 4 more positions
+  state = eng.insert(eng.prefill(params=params, padded_tokens=np.array(p, np.int32),
+                                 true_length=16), state, 0)
+  valid = []
+  for _ in range(6):
+    state, result = eng.generate(params, state)
+    valid.append(int(result.data[0, 1]))
+  assert valid == [1, 1, 1, 1, 0, 0]
+
+
+def test_rng_fresh_per_request_and_explicit_keys(model):
+  config, params = model
+  hot = dict(params, lm_head=params["lm_head"] * 10.0)  # spread-out but not flat logits
+  eng = _engine((config, hot), temperature=1.0)
+  p = [1, 2, 3, 4]
+  prefix = eng.prefill(params=hot, padded_tokens=_padded(p), true_length=4)
+
+  def run(keys):
+    state = eng.init_decode_state()
+    for slot, k in enumerate(keys):
+      state = eng.insert(prefix, state, slot, rng=k)  # the same prefix, inserted 3 times
+    out = []
+    for _ in range(8):
+      state, result = eng.generate(hot, state)
+      out.append(np.asarray(result.data[:, 0]))
+    return np.stack(out, 1)  # [slot, step]
+
+  fresh = run([None, None, None])
+  assert len({tuple(r) for r in fresh}) == 3  # each request got its own key
+  k = np.asarray(jax.random.key_data(jax.random.key(11)))
+  same = run([k, k, None])
+  np.testing.assert_array_equal(same[0], same[1])
+  assert not np.array_equal(same[0], same[2])
+  assert len(set(same[0].tolist())) > 1  # a fresh key every step
+
+
+def test_overlong_jetstream_input_is_left_truncated_and_counted(model):
+  from jetstream.engine import token_utils
+  config, params = model
+  eng = _engine(model)
+  tokens = np.arange(3, 28, dtype=np.int32)  # 25 tokens + BOS > 16
+  padded, true_length = token_utils.pad_tokens(tokens, 1, 0, max_prefill_length=16,
+                                               jax_padding=False)
+  assert true_length == 26 and padded.shape == (16,)  # JetStream's unclamped length
+  prefix = eng.prefill(params=params, padded_tokens=padded, true_length=true_length)
+  assert eng.truncated_prompts == 1 and int(prefix.true_length) == 16
+  want = llama.forward(params, jnp.asarray(tokens[-16:][None]), config)[0, -1]
+  np.testing.assert_allclose(np.asarray(prefix.logits_v), np.asarray(want), atol=1e-5)
+
+
+def test_engine_errors(model):
+  config, params = model
+  eng = _engine(model)
+  prefix = eng.prefill(params=params, padded_tokens=_padded([1]), true_length=1)
+  with pytest.raises(NotImplementedError, match="existing_prefix"):
+    eng.prefill(params=params, existing_prefix=prefix, padded_tokens=_padded([1]), true_length=1)
+  with pytest.raises(ValueError, match="at least one token"):
+    eng.prefill(params=params, padded_tokens=_padded([1]), true_length=0)
+  with pytest.raises(ValueError, match="max_prefill_length"):
+    eng.prefill(params=params, padded_tokens=np.ones(32, np.int32), true_length=3)
+  with pytest.raises(ValueError, match="top_p"):
+    eng.prefill(params=params, padded_tokens=_padded([1]), true_length=1, top_p=1.5)
+  with pytest.raises(ValueError, match="power"):
+    _engine(model, max_prefill_length=24)
+  with pytest.raises(ValueError, match="tokenizer_path"):
+    eng.get_tokenizer()
+  assert eng.load_params() is params and eng.colocated_cpus is None
+  assert eng.max_concurrent_decodes == 3 and eng.max_prefill_length == 16
+  assert [bucket_length(n, 64) for n in (1, 16, 17, 33, 64)] == [16, 16, 32, 64, 64]
+
+
+def test_sharded_engine_on_8_devices_matches_one_device():
+  out = run_multidevice("""
+    import jax, numpy as np
+    from jax.sharding import PartitionSpec as P
+    from selfreward_jax import sharding as shd
+    from selfreward_jax.model import llama
+    from selfreward_jax.sampling.sampler import Sampler
+    config = llama.LlamaConfig.tiny(vocab_size=128, max_seq_len=64)
+    params = llama.init_params(config, jax.random.key(0))
+    params = dict(params, lm_head=params["lm_head"] * 40.0)
+    mesh = shd.make_mesh(shd.MeshConfig(data=2, fsdp=2, tensor=2))
+    sharded = shd.shard_params(params, config, mesh)
+    prompts = [[1, 5, 9], [1, 7, 3, 8, 2, 9, 4, 10, 11, 40, 41, 42, 43, 44, 45, 46, 47], [1, 2]]
+    kw = dict(max_new_tokens=12, num_samples=3, temperature=0.7, top_p=0.9, seed=3)
+    s8 = Sampler(config, sharded, max_concurrent=8, max_prefill_length=32, max_decode_length=64)
+    assert s8.engine.mesh is mesh
+    state = s8.engine.init_decode_state()
+    assert state.cache.k_lbskh.sharding.spec == P(None, ("data", "fsdp"), None, "tensor", None), state.cache.k_lbskh.sharding
+    assert state.logits_bv.sharding.spec == P(("data", "fsdp"), None)
+    one = shd.make_mesh(shd.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+    s1 = Sampler(config, shd.shard_params(params, config, one), max_concurrent=3,
+                 max_prefill_length=32, max_decode_length=64)
+    greedy8 = s8.generate(prompts, max_new_tokens=12)
+    greedy1 = s1.generate(prompts, max_new_tokens=12)
+    assert greedy8 == greedy1, (greedy8, greedy1)
+    t8, lp8 = s8.generate(prompts, return_logprobs=True, **kw)
+    t1, lp1 = s1.generate(prompts, return_logprobs=True, **kw)
+    assert t8 == t1
+    np.testing.assert_allclose(np.concatenate([np.ravel(x) for p in lp8 for x in p]),
+                               np.concatenate([np.ravel(x) for p in lp1 for x in p]), atol=1e-4)
+    print("OK")
+  """)
+  assert "OK" in out
