@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from selfreward_jax.data import batching
 from selfreward_jax.model import llama
@@ -42,6 +42,8 @@ class TrainConfig:
       saved).
     tensorboard, progress: TensorBoard scalars, tqdm bar.
     system_prompt: default Llama 2 system prompt for records without one (None: none).
+    compiler_options: XLA options for the jitted step and reference pass (e.g.
+      ``{"xla_backend_optimization_level": 0}``: ~4x faster CPU compiles, for tests).
   """
 
   batch_size: int = 16
@@ -61,6 +63,7 @@ class TrainConfig:
   tensorboard: bool = True
   progress: bool = True
   system_prompt: Optional[str] = None
+  compiler_options: Optional[Mapping[str, Any]] = None
 
   def __post_init__(self):
     if self.batch_size <= 0 or self.microbatches <= 0 or self.batch_size % self.microbatches:

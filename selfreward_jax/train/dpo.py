@@ -36,7 +36,8 @@ ExportFn = Callable[[str, llama.LlamaConfig, Any], None]
 
 def compute_reference_logps(params, config: llama.LlamaConfig,
                             pairs: Sequence[batching.PreferencePair], *, batch_size: int,
-                            buckets: Sequence[int], mesh: Mesh, pad_id: int = 0
+                            buckets: Sequence[int], mesh: Mesh, pad_id: int = 0,
+                            compiler_options: Optional[dict] = None
                             ) -> Tuple[np.ndarray, np.ndarray]:
   """Sequence log-probs of every pair's chosen and rejected response under ``params``.
 
@@ -59,7 +60,8 @@ def compute_reference_logps(params, config: llama.LlamaConfig,
     if length not in fns:
       fn = lambda p, b: pair_logps(p, config, jax.tree.map(lambda x: x[0], b))[:2]
       fns[length] = jax.jit(fn, in_shardings=(param_sh, batch_shardings(batch, mesh)),
-                            out_shardings=shd.replicated(mesh))
+                            out_shardings=shd.replicated(mesh),
+                            compiler_options=dict(compiler_options) if compiler_options else None)
     with jax.set_mesh(mesh):
       w, l = jax.device_get(fns[length](params, batch))
     out_w[idx], out_l[idx] = w[:len(idx)], l[:len(idx)]
@@ -147,7 +149,8 @@ def train_dpo(
     ref_logps = load_or_compute_reference(
         path, params, config, pairs, fingerprint,
         batch_size=dpo_config.reference_batch_size or tc.batch_size,
-        buckets=tc.bucket_lengths(), mesh=mesh, pad_id=tokenizer.pad_id)
+        buckets=tc.bucket_lengths(), mesh=mesh, pad_id=tokenizer.pad_id,
+        compiler_options=tc.compiler_options)
   else:
     extra, extra_sh = params, param_sh
     params = jax.jit(lambda p: jax.tree.map(lambda x: jnp.copy(x.astype(jnp.float32)), p),

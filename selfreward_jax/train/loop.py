@@ -104,7 +104,7 @@ def run_training(spec: LoopSpec, params, train_config: TrainConfig, workdir: str
   tc = train_config
   shardings = st.state_shardings(spec.model_config, spec.tx, mesh)
   step_fn = TrainStep(spec.objective, spec.tx, spec.schedule, shardings, mesh,
-                      spec.extra_shardings)
+                      spec.extra_shardings, compiler_options=tc.compiler_options)
   t_start = time.time()
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=tc.save_every,
                       max_to_keep=tc.max_to_keep, async_save=tc.async_checkpointing)

@@ -52,7 +52,7 @@ def masked_sequence_logps(logits_btv: jax.Array, tokens_bt: jax.Array,
   Returns ``(logps_b, counts_b)``: float32 [B] sums over targets and float32 [B] number of targets
   (position 0 excluded).
   """
-  mask_bt = loss_mask_bt.astype(jnp.float32).at[:, 0].set(0.0)
+  mask_bt = jnp.asarray(loss_mask_bt, jnp.float32).at[:, 0].set(0.0)
   logps_bt = token_logps(logits_btv, tokens_bt)
   return jnp.sum(logps_bt * mask_bt, axis=-1), jnp.sum(mask_bt, axis=-1)
 
