@@ -209,7 +209,7 @@ class Engine(engine_api.Engine):
                          max_new_tokens=int(max_new_tokens))
     self._seed = int(seed)
     self.truncated_prompts = 0  # prompts JetStream cut to their last max_prefill_length tokens
-    self._no_stop = jnp.asarray(_stop_array(()))
+    self._no_stop = _stop_array(())
     self._build_jitted()
 
   # ---- jitted functions ------------------------------------------------------------------------
@@ -269,7 +269,8 @@ class Engine(engine_api.Engine):
     if existing_prefix is not None:
       raise NotImplementedError("Engine.prefill: existing_prefix (multi-turn caching) is not "
                                 "supported; send the whole prompt")
-    tokens_t = jnp.asarray(padded_tokens, jnp.int32)
+    tokens_t = np.asarray(padded_tokens, np.int32) if isinstance(padded_tokens, np.ndarray) \
+        else jnp.asarray(padded_tokens, jnp.int32)
     t = int(tokens_t.shape[0])
     if tokens_t.ndim != 1 or t > self._max_prefill or t > self.max_cache_length:
       raise ValueError(f"prefill: padded_tokens must be 1-D with length <= max_prefill_length="
@@ -277,7 +278,7 @@ class Engine(engine_api.Engine):
     true_length = self._checked_true_length(int(true_length), t)
     settings = self._settings(temperature, top_p, top_k, max_new_tokens)
     with jax.set_mesh(self._mesh):
-      return self._prefill_jit(params, tokens_t, jnp.int32(true_length), *settings)
+      return self._prefill_jit(params, tokens_t, np.int32(true_length), *settings)
 
   def _checked_true_length(self, true_length: int, t: int) -> int:
     if true_length < 1:
@@ -297,8 +298,8 @@ class Engine(engine_api.Engine):
     top_k = d["top_k"] if top_k is None else int(top_k)
     max_new_tokens = d["max_new_tokens"] if max_new_tokens is None else int(max_new_tokens)
     check_settings(temperature, top_p, top_k)
-    return (jnp.float32(temperature), jnp.float32(top_p), jnp.int32(top_k),
-            jnp.int32(max_new_tokens))
+    return (np.float32(temperature), np.float32(top_p), np.int32(top_k),
+            np.int32(max_new_tokens))
 
   def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int, *,
              rng: Optional[jax.Array] = None) -> DecodeState:
@@ -310,10 +311,10 @@ class Engine(engine_api.Engine):
     consumed. Called by JetStream's generate thread between steps, or by the ``Sampler``.
     """
     has_rng = rng is not None
-    rng = jnp.zeros((2,), jnp.uint32) if rng is None else jnp.asarray(rng, jnp.uint32)
+    rng = np.zeros((2,), np.uint32) if rng is None else np.asarray(rng, np.uint32)
     with jax.set_mesh(self._mesh):
-      return self._insert_jit(prefix, decode_state, jnp.int32(slot), rng, jnp.bool_(has_rng),
-                              jnp.int32(self.max_cache_length))
+      return self._insert_jit(prefix, decode_state, np.int32(slot), rng, np.bool_(has_rng),
+                              np.int32(self.max_cache_length))
 
   def generate(self, params: Any, decode_state: DecodeState
                ) -> tuple[DecodeState, engine_api.ResultTokens]:
@@ -347,8 +348,8 @@ class Engine(engine_api.Engine):
       are unused. logprobs are ``log_softmax`` of the raw logits at the token (see ``ops``).
     """
     with jax.set_mesh(self._mesh):
-      return self._generate_steps_jit(params, decode_state, jnp.asarray(_stop_array(stop_ids)),
-                                      jnp.bool_(exit_on_finish), num_steps=int(num_steps))
+      return self._generate_steps_jit(params, decode_state, _stop_array(stop_ids),
+                                      np.bool_(exit_on_finish), num_steps=int(num_steps))
 
   def init_decode_state(self, *args, **kwargs) -> DecodeState:
     """A fresh ``DecodeState``: zero cache, every slot free (done). Called once by JetStream's
