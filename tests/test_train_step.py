@@ -14,10 +14,9 @@ from selfreward_jax.model import llama
 from selfreward_jax.train import optim, state as st
 from selfreward_jax.train.objectives import sft_objective
 from selfreward_jax.train.step import TrainStep
-from test_train_support import run_python
+from test_train_support import FAST, init_params, run_python
 
 CONFIG = llama.LlamaConfig.tiny(vocab_size=128)
-FAST = {"xla_backend_optimization_level": 0}  # ~4x faster CPU compiles; tests are tiny
 
 
 def sft_batch(m, b, t=24, seed=0):
@@ -51,7 +50,7 @@ def _step(config, optim_config, total):
 
 def setup(config=CONFIG, optim_config=EQUIV, total=10):
   step, tx, sh = _step(config, optim_config, total)
-  state = st.init_train_state(llama.init_params(config, jax.random.PRNGKey(0)), tx, sh, seed=0)
+  state = st.init_train_state(init_params(config), tx, sh, seed=0)
   return step, state
 
 
@@ -159,10 +158,10 @@ SHARDED = textwrap.dedent("""
     from selfreward_jax.train.checkpoints import Checkpointer
     from selfreward_jax.train.objectives import dpo_objective, sft_objective
     from selfreward_jax.train.step import TrainStep
-    from test_train_step import CONFIG, FAST, sft_batch, flat
+    from test_train_step import CONFIG, FAST, sft_batch, flat, init_params
     assert jax.device_count() == 8
     tx, schedule = optim.make_optimizer(optim.OptimConfig(learning_rate=1e-3, eps=1e-6), 10)
-    params = llama.init_params(CONFIG, jax.random.PRNGKey(0))
+    params = init_params(CONFIG)
     rng = np.random.default_rng(0)
     sft = sft_batch(2, 4)
     dpo = {}

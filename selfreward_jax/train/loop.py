@@ -11,8 +11,9 @@ Workdir layout (one trainer run per workdir)::
 
 Rerunning with the same workdir resumes from the newest checkpoint (params, optimizer state, step,
 rng and data position), onto the current mesh; a finished run restores its final state without
-training. A non-finite loss or gradient norm stops training with ``NonFiniteLossError`` before
-anything is saved for that step, so the newest checkpoint is the last good state.
+training. A non-finite loss, gradient norm or updated-param norm stops training with
+``NonFiniteLossError`` before anything is saved for that step, so the newest checkpoint is the
+last good state.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from selfreward_jax.train.step import Objective, TrainStep
 log = logging.getLogger(__name__)
 
 OnStep = Callable[[int, Dict[str, float]], None]
+
+# Checked after every step before anything is saved: the loss and gradient of the batch, and the
+# norm of the updated params (an exploding update is caught before it reaches a checkpoint).
+FINITE_KEYS = ("loss", "grad_norm", "param_norm")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -129,14 +134,14 @@ def run_training(spec: LoopSpec, params, train_config: TrainConfig, workdir: str
       metrics["step_time_s"] = now - t_prev
       metrics["tokens_per_s"] = metrics.get("n_tokens", 0.0) / max(now - t_prev, 1e-9)
       t_prev = now
-      if not is_finite(metrics):
+      if not is_finite(metrics, FINITE_KEYS):
         ckpt.wait()
         last = ckpt.latest_step()
+        values = ", ".join(f"{k}={metrics[k]}" for k in FINITE_KEYS)
         raise NonFiniteLossError(
-            f"{spec.name}: non-finite loss={metrics['loss']} / grad_norm={metrics['grad_norm']} "
-            f"at step {step + 1}; training stopped, nothing saved for this step. Last good "
-            f"checkpoint: {'none' if last is None else f'step {last}'} in {ckpt.directory}",
-            step + 1, last)
+            f"{spec.name}: non-finite value at step {step + 1} ({values}); training stopped and "
+            f"nothing was saved for this step. Last good checkpoint: "
+            f"{'none' if last is None else f'step {last}'} in {ckpt.directory}", step + 1, last)
       logger.log(step + 1, metrics)
       logger.advance()
       meta = {"data_position": position.to_dict(), "data_fingerprint": spec.fingerprint,
