@@ -41,6 +41,7 @@ def _common(p: argparse.ArgumentParser) -> None:
   p.add_argument("--sleep_per_step", type=float, default=0.0,
                  help="pause after each step (lets tests interrupt a run mid-way)")
   p.add_argument("--no_progress", action="store_true")
+  p.add_argument("--no_tensorboard", action="store_true")
 
 
 def _run_trainer(args) -> None:
@@ -57,7 +58,8 @@ def _run_trainer(args) -> None:
   tc = cfg_lib.TrainConfig(batch_size=args.batch_size, microbatches=args.microbatches,
                            max_len=args.max_len, num_steps=args.steps, num_epochs=args.epochs,
                            seed=args.seed, dropout_rate=args.dropout, save_every=args.save_every,
-                           max_to_keep=args.max_to_keep, progress=not args.no_progress)
+                           max_to_keep=args.max_to_keep, progress=not args.no_progress,
+                           tensorboard=not args.no_tensorboard)
   optim_kw = {k: v for k, v in (("learning_rate", args.lr), ("end_learning_rate", args.end_lr))
               if v is not None}
   optim_kw["warmup_steps"] = args.warmup
