@@ -271,6 +271,7 @@ class SelfRewardingRun:
         results[name] = read_json(self.marker(name))["stats"]
         continue
       log.info("stage %s: starting", name)
+      pause_point(name, "start")
       start = time.perf_counter()
       stats = self._dispatch(name)
       stats["seconds"] = round(time.perf_counter() - start, 3)
