@@ -29,10 +29,43 @@ _EXPORTS = {
     "Tokenizer": "selfreward_jax.tokenizer",
     "train_sentencepiece": "selfreward_jax.tokenizer",
     "to_hf_tokenizer": "selfreward_jax.tokenizer",
+    # checkpoints
+    "load_hf_checkpoint": "selfreward_jax.checkpoint.hf",
+    "save_hf_checkpoint": "selfreward_jax.checkpoint.hf",
+    "CheckpointError": "selfreward_jax.checkpoint.hf",
+    "load_meta_checkpoint": "selfreward_jax.checkpoint.meta",
+    "save_model": "selfreward_jax.checkpoint.params",
+    "load_model": "selfreward_jax.checkpoint.params",
     # data
     "DataError": "selfreward_jax.data.jsonl",
     "read_jsonl": "selfreward_jax.data.jsonl",
     "write_jsonl": "selfreward_jax.data.jsonl",
+    "OasstConfig": "selfreward_jax.data.oasst",
+    "build_seed_data": "selfreward_jax.data.oasst",
+    "load_messages": "selfreward_jax.data.oasst",
+    # losses and training
+    "sequence_logps": "selfreward_jax.train.losses",
+    "sft_loss": "selfreward_jax.train.losses",
+    "dpo_loss": "selfreward_jax.train.losses",
+    "TrainConfig": "selfreward_jax.train.config",
+    "SFTConfig": "selfreward_jax.train.config",
+    "DPOConfig": "selfreward_jax.train.config",
+    "OptimConfig": "selfreward_jax.train.optim",
+    "train_sft": "selfreward_jax.train.sft",
+    "train_dpo": "selfreward_jax.train.dpo",
+    # sampling (imports JetStream on first use)
+    "Sampler": "selfreward_jax.sampling.sampler",
+    "generate_text": "selfreward_jax.sampling.sampler",
+    # the method
+    "parse_judge_score": "selfreward_jax.selfreward.judge",
+    "load_template": "selfreward_jax.selfreward.templates",
+    "build_pairs": "selfreward_jax.selfreward.pairs",
+    "PromptFilter": "selfreward_jax.selfreward.self_instruct",
+    "rouge_l": "selfreward_jax.selfreward.self_instruct",
+    "RunConfig": "selfreward_jax.selfreward.config",
+    "SelfRewardingRun": "selfreward_jax.selfreward.loop",
+    # evaluation
+    "reward_metrics": "selfreward_jax.eval.reward_metrics",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
