@@ -10,7 +10,10 @@ from scipy.special import expit, log_expit, log_softmax
 from selfreward_jax.model import llama
 from selfreward_jax.train import losses
 
-jax.config.update("jax_enable_x64", False)
+from test_train_support import FAST, init_params
+
+# jitted once per shape (eagerly, every op of the forward would compile on its own)
+seq_logps = jax.jit(losses.sequence_logps, static_argnums=1, compiler_options=FAST)
 
 
 # ---- DPO family vs numpy ------------------------------------------------------------------------
@@ -146,7 +149,7 @@ def test_masked_sequence_logps_vs_bruteforce_numpy():
 @pytest.fixture(scope="module")
 def tiny():
   config = llama.LlamaConfig.tiny(vocab_size=97)
-  return config, llama.init_params(config, jax.random.PRNGKey(1))
+  return config, init_params(config, seed=1)
 
 
 def _hf_model(config, params):
@@ -194,8 +197,8 @@ def test_sequence_logps_vs_transformers(tiny):
     tokens[i, :n] = rng.integers(3, config.vocab_size, n)
     attn[i, :n] = 1
     mask[i, n // 2:n] = 1  # the "response" half
-  logps, counts = losses.sequence_logps(params, config, jnp.asarray(tokens), jnp.asarray(mask),
-                                        attention_mask_bt=jnp.asarray(attn))
+  logps, counts = seq_logps(params, config, jnp.asarray(tokens), jnp.asarray(mask),
+                            attention_mask_bt=jnp.asarray(attn))
   model = _hf_model(config, params)
   with torch.no_grad():
     logits = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(attn)).logits
@@ -211,7 +214,7 @@ def test_padding_and_packing_do_not_change_logps(tiny):
   rng = np.random.default_rng(6)
   seqs = [rng.integers(3, config.vocab_size, n) for n in (9, 5, 6)]
   masks = [np.r_[np.zeros(n // 2), np.ones(n - n // 2)].astype(np.int32) for n in map(len, seqs)]
-  alone = [losses.sequence_logps(params, config, jnp.asarray(s[None]), jnp.asarray(m[None]))[0][0]
+  alone = [seq_logps(params, config, jnp.asarray(s[None]), jnp.asarray(m[None]))[0][0]
            for s, m in zip(seqs, masks)]
   # one packed row of all three, padded to 24
   t = 24
@@ -221,8 +224,8 @@ def test_padding_and_packing_do_not_change_logps(tiny):
     n = len(s)
     tok[0, o:o + n], msk[0, o:o + n], seg[0, o:o + n], pos[0, o:o + n] = s, m, k, np.arange(n)
     o += n
-  packed, n_packed = losses.sequence_logps(params, config, jnp.asarray(tok), jnp.asarray(msk),
-                                           segment_ids_bt=jnp.asarray(seg), positions_bt=jnp.asarray(pos))
+  packed, n_packed = seq_logps(params, config, jnp.asarray(tok), jnp.asarray(msk),
+                               segment_ids_bt=jnp.asarray(seg), positions_bt=jnp.asarray(pos))
   np.testing.assert_allclose(float(packed[0]), float(sum(alone)), rtol=1e-5)
   assert float(n_packed[0]) == sum(m[1:].sum() for m in masks)
 
@@ -234,8 +237,10 @@ def test_sft_loss_is_mean_target_nll(tiny):
   mask = np.zeros((2, 10), np.int32)
   mask[0, 4:] = 1
   mask[1, 8:] = 1
-  loss, n = losses.sft_loss(params, config, jnp.asarray(tokens), jnp.asarray(mask))
-  logits = np.asarray(llama.forward(params, jnp.asarray(tokens), config), np.float64)
+  loss, n = jax.jit(losses.sft_loss, static_argnums=1)(params, config, jnp.asarray(tokens),
+                                                       jnp.asarray(mask))
+  logits = np.asarray(jax.jit(llama.forward, static_argnums=2)(params, jnp.asarray(tokens), config),
+                      np.float64)
   nll = [-log_softmax(logits[b, t - 1])[tokens[b, t]] for b in range(2) for t in range(1, 10)
          if mask[b, t]]
   assert float(n) == len(nll) == 8

@@ -74,10 +74,13 @@ def init_params(config, seed: int = 0):
 FAST = {"xla_backend_optimization_level": 0}  # ~4x faster CPU compiles; the test models are tiny
 
 
-def env(devices: int = 1) -> dict:
+def env(devices: int = 1, fast_compile: bool = True) -> dict:
+  """Environment of a test subprocess: ``devices`` fake CPU devices, optionally XLA -O0."""
   e = dict(os.environ)
   e["PYTHONPATH"] = REPO + os.pathsep + e.get("PYTHONPATH", "")
   e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  if fast_compile:
+    e["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
   e["JAX_PLATFORMS"] = "cpu"
   return e
 

@@ -39,19 +39,36 @@ def train_config(**kw):
 CONST = OptimConfig(learning_rate=3e-3, end_learning_rate=3e-3)
 
 
+def tensorboard_tags(directory):
+  """Scalar tags in the TensorBoard event files of ``directory`` (TFRecord framing + Event)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  tags = set()
+  for name in os.listdir(directory):
+    data = (directory / name).read_bytes()
+    i = 0
+    while i < len(data):
+      n = int.from_bytes(data[i:i + 8], "little")
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      tags |= {v.tag for v in event.summary.value}
+      i += 12 + n + 4
+  return tags
+
+
 def test_sft_overfits_packing_agrees_and_a_finished_run_is_not_redone(env):
   d, tok, config = env
   data = write_lines(d / "sft.jsonl", sft_records(4))
-  exported = []
   params = train_sft(config, init_params(config), tok, str(data),
                      SFTConfig(train=train_config(num_steps=70, save_every=35), optim=CONST),
-                     str(d / "sft"), export_hf=lambda *a: exported.append(a))
+                     str(d / "sft"), export_hf=True)
   losses = [r["loss"] for r in read_metrics(str(d / "sft"))]
   assert len(losses) == 70 and losses[0] > 4.0
   assert losses[-1] < 0.05, losses[::10]
-  (path, cfg, p), = exported
-  assert path == str(d / "sft" / "hf") and cfg == config
-  assert all(x.dtype == np.float32 for x in jax.tree.leaves(p))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(params))
+  from selfreward_jax.checkpoint.hf import load_hf_checkpoint  # pylint: disable=g-import-not-at-top
+  hf_config, hf_params = load_hf_checkpoint(str(d / "sft" / "hf"))
+  assert hf_config.vocab_size == config.vocab_size and (d / "sft" / "hf" / "tokenizer.model").exists()
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(hf_params),
+                                                  jax.tree.leaves(params)))
   summary = json.loads((d / "sft" / "summary.json").read_text())
   assert summary["total_steps"] == 70 and summary["checkpoints"] == [35, 70]
   assert json.loads((d / "sft" / "data_stats.json").read_text())["kept"] == 4
@@ -83,7 +100,14 @@ def test_dpo_reaches_full_accuracy_with_growing_margin_and_references_agree(env)
   data = write_lines(d / "pairs.jsonl", recs)
   dpo = DPOConfig(train=train_config(num_steps=30),
                   optim=OptimConfig(learning_rate=1e-3, schedule="constant"))
-  train_dpo(config, init_params(config), tok, str(data), dpo, str(d / "dpo"))
+  exported = []
+  train_dpo(config, init_params(config), tok, str(data),
+            dpo.replace(train=dpo.train.replace(tensorboard=True)), str(d / "dpo"),
+            export_hf=lambda *a: exported.append(a))
+  (path, cfg, p), = exported
+  assert path == str(d / "dpo" / "hf") and cfg == config
+  assert {"dpo/loss", "dpo/reward_accuracy", "dpo/reward_margin", "dpo/lr", "dpo/grad_norm",
+          "dpo/tokens_per_s"} <= tensorboard_tags(d / "dpo" / "tb")
   stats = json.loads((d / "dpo" / "data_stats.json").read_text())
   assert stats["kept"] == 4
   assert stats["skipped"] == {"identical_pair": 1, "empty_response": 1, "too_long": 1}

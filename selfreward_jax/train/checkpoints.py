@@ -37,8 +37,11 @@ class Checkpointer:
       raise ValueError(f"save_every={save_every} must be positive")
     self.directory = os.path.abspath(os.fspath(directory))
     self.save_every = save_every
+    # cleanup_tmp_directories: a save cut short by a killed process leaves a tmp directory;
+    # it is removed here (orbax never lists it as a checkpoint).
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                           enable_async_checkpointing=async_save, create=True)
+                                           enable_async_checkpointing=async_save, create=True,
+                                           cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> Optional[int]:

@@ -135,6 +135,7 @@ def train_dpo(
   tc = dpo_config.train
   mesh = loop.mesh_or_default(mesh)
   config = tc.model_config(model_config)
+  loop.check_setup(tc, config, tokenizer, mesh)
   pairs, stats = batching.load_preference_pairs(pairs_path, tokenizer, tc.max_len,
                                                 system=tc.system_prompt)
   stats.log(log)
@@ -167,5 +168,5 @@ def train_dpo(
                        schedule=schedule, make_batcher=make_batcher, total_steps=total,
                        fingerprint=fingerprint, extra=extra, extra_shardings=extra_sh)
   state = loop.run_training(spec, params, tc, workdir, mesh, on_step=on_step)
-  loop.export_final(export_hf, workdir, model_config, state.params)
+  loop.export_final(export_hf, workdir, model_config, state.params, tokenizer)
   return state.params

@@ -120,7 +120,7 @@ def run_training(spec: LoopSpec, params, train_config: TrainConfig, workdir: str
     batcher = spec.make_batcher(position)
     logger = MetricsLogger(workdir, total_steps=spec.total_steps, start_step=start,
                            tensorboard=tc.tensorboard, progress=tc.progress,
-                           prefix=f"{spec.name}/")
+                           prefix=f"{spec.name}/", enabled=jax.process_index() == 0)
     metrics = {}
     batch = batcher.next_batch() if start < spec.total_steps else None
     t_prev = time.time()
@@ -150,10 +150,11 @@ def run_training(spec: LoopSpec, params, train_config: TrainConfig, workdir: str
       if on_step is not None:
         on_step(step + 1, metrics)
     ckpt.wait()
-    write_json(os.path.join(workdir, "summary.json"), {
-        "kind": spec.name, "total_steps": spec.total_steps, "resumed_from": start,
-        "final_metrics": metrics, "wall_time_s": time.time() - t_start,
-        "checkpoints": ckpt.all_steps()})
+    if jax.process_index() == 0:
+      write_json(os.path.join(workdir, "summary.json"), {
+          "kind": spec.name, "total_steps": spec.total_steps, "resumed_from": start,
+          "final_metrics": metrics, "wall_time_s": time.time() - t_start,
+          "checkpoints": ckpt.all_steps()})
     return state
   finally:
     ckpt.close()
@@ -169,14 +170,41 @@ def mesh_or_default(mesh: Optional[Mesh]) -> Mesh:
   return shd.make_mesh(shd.MeshConfig())
 
 
-def export_final(export_hf, workdir: str, config: llama.LlamaConfig, params) -> Optional[str]:
-  """Writes the HF checkpoint of the final params to ``<workdir>/hf`` via ``export_hf(path, config,
-  params)``; ``export_hf=True`` uses ``checkpoint.hf.save_hf_checkpoint``; None/False skips."""
+def export_final(export_hf, workdir: str, config: llama.LlamaConfig, params,
+                 tokenizer=None) -> Optional[str]:
+  """Writes the final params as an HF checkpoint to ``<workdir>/hf``; returns its path.
+
+  ``export_hf``: None/False: no export; True: ``checkpoint.hf.save_hf_checkpoint`` in
+  ``config.param_dtype``, with the tokenizer's model file; a callable ``(path, config, params)``:
+  called instead. An existing non-empty ``<workdir>/hf`` is kept (exports are atomic, so it is a
+  finished export of this run's final state).
+  """
   if not export_hf:
     return None
+  path = os.path.join(workdir, "hf")
+  if os.path.isdir(path) and os.listdir(path):
+    log.info("HF export already in %s", path)
+    return path
   if export_hf is True:
     from selfreward_jax.checkpoint.hf import save_hf_checkpoint  # pylint: disable=g-import-not-at-top
-    export_hf = save_hf_checkpoint
-  path = os.path.join(workdir, "hf")
-  export_hf(path, config, params)
+    save_hf_checkpoint(path, config, params, dtype=config.param_dtype,
+                       tokenizer_path=getattr(tokenizer, "model_path", None))
+  else:
+    export_hf(path, config, params)
+  log.info("HF export written to %s", path)
   return path
+
+
+def check_setup(train_config: TrainConfig, config: llama.LlamaConfig, tokenizer, mesh: Mesh
+                ) -> None:
+  """Fails fast (before any data or model work) on a batch that cannot be laid out on the mesh
+  or a tokenizer whose ids do not fit the model's vocabulary."""
+  tc = train_config
+  rows = tc.batch_size // tc.microbatches
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if rows % shards:
+    raise ValueError(f"batch_size / microbatches = {rows} rows per microbatch is not divisible by "
+                     f"the mesh's data*fsdp = {shards}")
+  if tokenizer.vocab_size > config.vocab_size:
+    raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is "
+                     f"{config.vocab_size}")

@@ -36,20 +36,23 @@ class MetricsLogger:
     start_step: the step training (re)starts from; JSONL records after it are dropped.
     tensorboard, progress: enable TensorBoard / the tqdm bar.
     prefix: TensorBoard tag prefix (e.g. "sft/").
+    enabled: False makes every method a no-op (non-zero processes of a multi-host run).
   """
 
   def __init__(self, workdir: str, *, total_steps: int, start_step: int = 0,
-               tensorboard: bool = True, progress: bool = True, prefix: str = ""):
-    os.makedirs(workdir, exist_ok=True)
+               tensorboard: bool = True, progress: bool = True, prefix: str = "",
+               enabled: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.prefix = prefix
+    self._file = self._tb = self._bar = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
     self._truncate(start_step)
     self._file = open(self.path, "a", encoding="utf-8")
-    self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1)
-    self._bar = None
     if progress:
       from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm(total=total_steps, initial=start_step, desc=prefix.rstrip("/") or "train",
@@ -73,6 +76,8 @@ class MetricsLogger:
 
   def log(self, step: int, metrics: Mapping[str, float]) -> None:
     """Records ``metrics`` (python floats) for ``step``."""
+    if self._file is None:
+      return
     rec = {"step": int(step), "time": round(time.time(), 3)}
     rec.update({k: float(v) for k, v in metrics.items()})
     self._file.write(json.dumps(rec) + "\n")
@@ -90,7 +95,8 @@ class MetricsLogger:
       self._bar.update(n)
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()
     if self._bar is not None:

@@ -62,8 +62,9 @@ def train_sft(
     workdir: the run directory (checkpoints, metrics; see ``train.loop``).
     mesh: default: all devices on the fsdp axis.
     on_step: ``(step, metrics) -> None`` after every step.
-    export_hf: True: write ``<workdir>/hf`` with ``checkpoint.hf.save_hf_checkpoint``; a callable
-      ``(path, config, params)``: use it; None: no export.
+    export_hf: True: write ``<workdir>/hf`` with ``checkpoint.hf.save_hf_checkpoint`` (in
+      ``model_config.param_dtype``, with the tokenizer's model file); a callable
+      ``(path, config, params)``: use it instead; None: no export (see ``loop.export_final``).
 
   Raises:
     NonFiniteLossError: a NaN/inf loss; the newest checkpoint is the last good state.
@@ -71,6 +72,7 @@ def train_sft(
   tc = sft_config.train
   mesh = loop.mesh_or_default(mesh)
   config = tc.model_config(model_config)
+  loop.check_setup(tc, config, tokenizer, mesh)
   examples, stats = batching.load_sft_examples(data_path, tokenizer, tc.max_len,
                                                system=tc.system_prompt)
   stats.log(log)
@@ -82,5 +84,5 @@ def train_sft(
                        schedule=schedule, make_batcher=make_batcher, total_steps=total,
                        fingerprint=batching.fingerprint(examples))
   state = loop.run_training(spec, params, tc, workdir, mesh, on_step=on_step)
-  loop.export_final(export_hf, workdir, model_config, state.params)
+  loop.export_final(export_hf, workdir, model_config, state.params, tokenizer)
   return state.params
