@@ -75,11 +75,14 @@ def main():
   ap.add_argument("--prompt", type=int, default=16)
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--steps_per_sync", type=int, nargs="+", default=[16, 1])
+  ap.add_argument("--torch_threads", type=int, default=0, help="0 = torch's default")
   args = ap.parse_args()
 
   import numpy as np
   import torch
   from selfreward_jax.sampling.sampler import Sampler
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
 
   model = _hf_model(vocab=512, dim=64, layers=2, heads=4, kv_heads=2, ffn=176, max_pos=512)
   config, params = _to_params(model)
