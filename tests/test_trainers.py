@@ -12,7 +12,7 @@ import pytest
 
 from selfreward_jax.data.jsonl import DataError
 from selfreward_jax.train import state as st
-from selfreward_jax.train.checkpoints import Checkpointer
+from selfreward_jax.train.checkpoints import Checkpointer, load_trained_params
 from selfreward_jax.train.config import DPOConfig, SFTConfig, TrainConfig
 from selfreward_jax.train.dpo import train_dpo
 from selfreward_jax.train.loop import NonFiniteLossError
@@ -69,6 +69,8 @@ def test_sft_overfits_packing_agrees_and_a_finished_run_is_not_redone(env):
   assert hf_config.vocab_size == config.vocab_size and (d / "sft" / "hf" / "tokenizer.model").exists()
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(hf_params),
                                                   jax.tree.leaves(params)))
+  loaded = load_trained_params(str(d / "sft"), config)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)))
   summary = json.loads((d / "sft" / "summary.json").read_text())
   assert summary["total_steps"] == 70 and summary["checkpoints"] == [35, 70]
   assert json.loads((d / "sft" / "data_stats.json").read_text())["kept"] == 4

@@ -5,7 +5,7 @@ Modules: ``losses``, ``optim``, ``state``, ``step``, ``objectives``, ``checkpoin
 ``config``, ``loop``, ``sft``, ``dpo``; ``python -m selfreward_jax.train`` is a small CLI.
 """
 
-from selfreward_jax.train.checkpoints import Checkpointer
+from selfreward_jax.train.checkpoints import Checkpointer, load_trained_params
 from selfreward_jax.train.config import DPOConfig, SFTConfig, TrainConfig
 from selfreward_jax.train.dpo import compute_reference_logps, train_dpo
 from selfreward_jax.train.loop import NonFiniteLossError
@@ -19,7 +19,8 @@ from selfreward_jax.train.step import Objective, TrainStep
 __all__ = [
     "Checkpointer", "DPOConfig", "NonFiniteLossError", "Objective", "OptimConfig", "SFTConfig",
     "TrainConfig", "TrainState", "TrainStep", "compute_reference_logps", "dpo_loss",
-    "dpo_loss_per_pair", "init_train_state", "make_optimizer", "make_schedule",
+    "dpo_loss_per_pair", "init_train_state", "load_trained_params", "make_optimizer",
+    "make_schedule",
     "masked_sequence_logps", "sequence_logps", "sft_loss", "state_shardings", "token_logps",
     "train_dpo", "train_sft",
 ]

@@ -16,6 +16,7 @@ import logging
 import os
 from typing import Any, Dict, Optional, Tuple
 
+import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,17 @@ class Checkpointer:
                                       meta=ocp.args.JsonRestore()))
     return out.state, dict(out.meta)
 
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """Only the params of ``step`` (orbax partial restore: the optimizer state is not read),
+    laid out as ``abstract_params`` (ShapeDtypeStructs with shardings)."""
+    restore_args = jax.tree.map(
+        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype),
+        abstract_params)
+    out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": abstract_params}, restore_args={"params": restore_args},
+        partial_restore=True)))
+    return out.state["params"]
+
   def wait(self) -> None:
     """Blocks until pending async saves are written."""
     self._manager.wait_until_finished()
@@ -89,3 +101,26 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def load_trained_params(workdir: str, config, mesh=None, step: Optional[int] = None):
+  """The float32 params of a trainer run's checkpoint (default: the newest) in ``workdir``,
+  sharded on ``mesh`` (default: all devices on fsdp) -- e.g. M1 from a finished SFT stage, without
+  rerunning the trainer. Raises ``FileNotFoundError`` if there is no checkpoint.
+
+  A run finished when ``<workdir>/summary.json`` exists; its newest checkpoint is then the final
+  step.
+  """
+  from selfreward_jax import sharding as shd  # pylint: disable=g-import-not-at-top
+  from selfreward_jax.train.state import abstract_param_tree  # pylint: disable=g-import-not-at-top
+  mesh = mesh if mesh is not None else shd.make_mesh(shd.MeshConfig())
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoints in {workdir}")
+  with Checkpointer(directory) as ckpt:
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no finished checkpoint in {directory}")
+    abstract = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                            abstract_param_tree(config), shd.param_shardings(config, mesh))
+    return ckpt.restore_params(step, abstract)
