@@ -118,8 +118,7 @@ def test_step_keys_differ_per_step_and_row():
   assert not np.array_equal(a[0], a[1]) and not np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("top_p,top_k", [(0.9, 0), (0.5, 0), (1.0, 7), (0.95, 40), (0.99, 0),
-                                         (1.0, 0), (0.999, 0), (1.0, 100)])
+@pytest.mark.parametrize("top_p,top_k", [(0.9, 0), (1.0, 7), (0.95, 40), (0.999, 0)])
 def test_top_cap_fast_path_equals_full_sort(top_p, top_k):
   """The lax.top_k path (kept set within the cap) and the full-sort fallback keep the same set."""
   rng = np.random.default_rng(3)
@@ -127,6 +126,6 @@ def test_top_cap_fast_path_equals_full_sort(top_p, top_k):
       [[0.3], [1.0], [3.0], [6.0], [0.05], [2.0]], np.float32))
   temp, p, k = jnp.full(6, 0.8), jnp.full(6, top_p), jnp.full(6, top_k, jnp.int32)
   full = jax.vmap(ops.filter_logits)(logits / 0.8, p, k)
-  for cap in (8, 64, 300):
-    got = ops.sampling_logits(logits, temp, p, k, top_cap=cap)
+  for cap in (8, 300):
+    got = jax.jit(ops.sampling_logits, static_argnames="top_cap")(logits, temp, p, k, top_cap=cap)
     np.testing.assert_array_equal(np.isfinite(np.asarray(got)), np.isfinite(np.asarray(full)))
