@@ -137,8 +137,8 @@ def test_kill_inside_stages_then_resume_gives_identical_artifacts(full_run, tmp_
       np.testing.assert_array_equal(a, b)
 
 
-def test_stage_selection_and_missing_inputs(full_run, tmp_path):
-  root, _, _ = full_run
+def test_stage_selection_and_missing_inputs(tmp_path):
+  root = tmp_path
   listed = _main(root, tmp_path / "x", "--list_stages")
   assert listed.stdout.split()[:3] == ["seed", "m0", "sft_baseline"] and "iter2.dpo" in listed.stdout
   sub = _main(root, tmp_path / "x", "--list_stages", "--stages=iter1")
@@ -149,8 +149,8 @@ def test_stage_selection_and_missing_inputs(full_run, tmp_path):
   assert missing.returncode == 2 and "candidates.jsonl is missing: run stage 'iter1.candidates'" in missing.stderr
 
 
-def test_config_errors_name_the_key(full_run, tmp_path):
-  root, _, _ = full_run
+def test_config_errors_name_the_key(tmp_path):
+  root = tmp_path
   for override, expected in [
       ("--config.loop.num_candidates=1", "config.loop: LoopConfig.num_candidates=1: pairs need at least 2"),
       ("--config.dpo.loss_type=hinge", "DPOConfig.loss_type='hinge'; allowed"),

@@ -118,9 +118,12 @@ class LoopConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
+  """Decode slots and cache sizes (``max_decode_length`` = prompt + continuation, at most the
+  model's ``max_seq_len``; ``max_prefill_length`` a power of two)."""
+
   max_concurrent: int = 32
-  max_prefill_length: int = 1024
-  max_decode_length: int = 2048
+  max_prefill_length: int = 256
+  max_decode_length: int = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +159,15 @@ def run_config_from(cfg: Any) -> RunConfig:
   model = _model_from(d.pop("model", None), "config.model")
   synthetic = d.pop("synthetic", None)
   rc = from_config(RunConfig, d, "config")
-  return dataclasses.replace(rc, model=model, synthetic=synthetic)
+  rc = dataclasses.replace(rc, model=model, synthetic=synthetic)
+  if not (rc.init.hf_checkpoint or rc.init.meta_checkpoint):  # else the checkpoint sets the size
+    if rc.sampler.max_decode_length > rc.model.max_seq_len:
+      raise ConfigError(f"config.sampler.max_decode_length={rc.sampler.max_decode_length} exceeds "
+                        f"config.model.max_seq_len={rc.model.max_seq_len}")
+  if rc.sampler.max_prefill_length > rc.sampler.max_decode_length:
+    raise ConfigError(f"config.sampler.max_prefill_length={rc.sampler.max_prefill_length} exceeds "
+                      f"config.sampler.max_decode_length={rc.sampler.max_decode_length}")
+  return rc
 
 
 def default_config_dict() -> dict:
