@@ -171,3 +171,16 @@ def test_pair_collation_and_reference_gather(tok, tmp_path):
   np.testing.assert_array_equal(batch["rejected_tokens"][0, :n], pairs[3].rejected_ids)
   assert batching.fingerprint(pairs) == batching.fingerprint(list(pairs))
   assert batching.fingerprint(pairs) != batching.fingerprint(pairs[::-1])
+
+
+def test_default_system_prompt_applies_only_where_none_is_given(tok, tmp_path):
+  recs = [{"prompt": "a", "response": "b"},
+          {"prompt": "a", "response": "b", "system": "own rules"},
+          {"messages": [{"role": "system", "content": "msg rules"}, {"role": "user", "content": "a"},
+                        {"role": "assistant", "content": "b"}]}]
+  ex, _ = batching.load_sft_examples(write_lines(tmp_path / "s.jsonl", recs), tok, 128,
+                                     system="house rules")
+  texts = [tok.decode(e.ids) for e in ex]
+  assert "house rules" in texts[0]
+  assert "own rules" in texts[1] and "house rules" not in texts[1]
+  assert "msg rules" in texts[2] and "house rules" not in texts[2]

@@ -64,14 +64,15 @@ def tiny_config(vocab_size: int, **kw):
   return llama.LlamaConfig.tiny(vocab_size=vocab_size, **kw)
 
 
+FAST = {"xla_backend_optimization_level": 0}  # ~4x faster CPU compiles; the test models are tiny
+
+
 def init_params(config, seed: int = 0):
   """Jitted ``llama.init_params`` (eagerly it compiles one small program per parameter shape)."""
   import jax  # pylint: disable=g-import-not-at-top
   from selfreward_jax.model import llama  # pylint: disable=g-import-not-at-top
-  return jax.jit(llama.init_params, static_argnums=0)(config, jax.random.PRNGKey(seed))
-
-
-FAST = {"xla_backend_optimization_level": 0}  # ~4x faster CPU compiles; the test models are tiny
+  return jax.jit(llama.init_params, static_argnums=0, compiler_options=FAST)(
+      config, jax.random.PRNGKey(seed))
 
 
 def env(devices: int = 1, fast_compile: bool = True) -> dict:

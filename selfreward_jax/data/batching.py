@@ -149,6 +149,18 @@ def _validate_pair(rec: Mapping[str, Any]) -> Optional[str]:
   return _check_optional_str(rec, "system")
 
 
+def _system_for(rec: Mapping[str, Any], default: Optional[str]) -> Optional[str]:
+  """The record's own ``system`` field, else ``default`` -- unless the prompt is a message list
+  that already starts with a system message (then it wins)."""
+  if "system" in rec:
+    return rec["system"]
+  prompt = rec.get("prompt", rec.get("messages"))
+  if isinstance(prompt, list) and prompt and isinstance(prompt[0], Mapping) \
+      and prompt[0].get("role") == "system":
+    return None
+  return default
+
+
 def load_sft_examples(path: str, tokenizer, max_len: int, *, system: Optional[str] = None
                       ) -> Tuple[List[SFTExample], SkipStats]:
   """Reads and tokenizes an SFT JSONL file, applying the module's skip rule.
@@ -168,13 +180,13 @@ def load_sft_examples(path: str, tokenizer, max_len: int, *, system: Optional[st
         if isinstance(last.get("content"), str) and not last["content"].strip():
           stats.skip("empty_response", line)
           continue
-        ids, mask = _as_arrays(tokenizer.encode_chat_example(msgs))
+        ids, mask = _as_arrays(tokenizer.encode_chat_example(msgs, system=_system_for(rec, system)))
       else:
         if not rec["response"].strip():
           stats.skip("empty_response", line)
           continue
         ids, mask = _as_arrays(tokenizer.encode_chat_example(
-            rec["prompt"], rec["response"], system=rec.get("system", system)))
+            rec["prompt"], rec["response"], system=_system_for(rec, system)))
     except (ValueError, TypeError) as e:
       raise DataError(str(path), line, str(e), field="messages" if "messages" in rec else None) from None
     if len(ids) > max_len:
@@ -199,10 +211,7 @@ def load_preference_pairs(path: str, tokenizer, max_len: int, *, system: Optiona
     if chosen.strip() == rejected.strip():
       stats.skip("identical_pair", line)
       continue
-    sys_prompt = rec.get("system", system)
-    if isinstance(rec["prompt"], list) and "system" not in rec:
-      sys_prompt = None if any(isinstance(m, Mapping) and m.get("role") == "system"
-                               for m in rec["prompt"]) else system
+    sys_prompt = _system_for(rec, system)
     try:
       w_ids, w_mask = _as_arrays(tokenizer.encode_chat_example(rec["prompt"], chosen, system=sys_prompt))
       l_ids, l_mask = _as_arrays(tokenizer.encode_chat_example(rec["prompt"], rejected, system=sys_prompt))
