@@ -104,7 +104,7 @@ def test_dpo_reaches_full_accuracy_with_growing_margin_and_references_agree(env)
                   optim=OptimConfig(learning_rate=1e-3, schedule="constant"))
   exported = []
   train_dpo(config, init_params(config), tok, str(data),
-            dpo.replace(train=dpo.train.replace(tensorboard=True)), str(d / "dpo"),
+            dpo.replace(train=dpo.train.replace(tensorboard=True, progress=True)), str(d / "dpo"),
             export_hf=lambda *a: exported.append(a))
   (path, cfg, p), = exported
   assert path == str(d / "dpo" / "hf") and cfg == config

@@ -97,6 +97,29 @@ def _restore_or_init(spec: LoopSpec, ckpt: Checkpointer, shardings: st.TrainStat
   return state, DataPosition.from_dict(meta["data_position"]), latest
 
 
+def _host_metrics(dev_metrics, t_prev: float):
+  """Fetches a step's metrics (this waits for the step) and adds wall-clock throughput."""
+  metrics = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+  now = time.time()
+  metrics["step_time_s"] = now - t_prev
+  metrics["tokens_per_s"] = metrics.get("n_tokens", 0.0) / max(now - t_prev, 1e-9)
+  return metrics, now
+
+
+def _check_finite(name: str, step: int, metrics: Dict[str, float], ckpt: Checkpointer) -> None:
+  """Raises ``NonFiniteLossError`` (after pending saves finish) if a ``FINITE_KEYS`` value is not
+  finite."""
+  if is_finite(metrics, FINITE_KEYS):
+    return
+  ckpt.wait()
+  last = ckpt.latest_step()
+  values = ", ".join(f"{k}={metrics[k]}" for k in FINITE_KEYS)
+  raise NonFiniteLossError(
+      f"{name}: non-finite value at step {step} ({values}); training stopped and nothing was "
+      f"saved for this step. Last good checkpoint: {'none' if last is None else f'step {last}'} "
+      f"in {ckpt.directory}", step, last)
+
+
 def run_training(spec: LoopSpec, params, train_config: TrainConfig, workdir: str, mesh: Mesh,
                  on_step: Optional[OnStep] = None) -> st.TrainState:
   """Trains until ``spec.total_steps`` (resuming from ``workdir`` if it holds a checkpoint).
@@ -129,19 +152,8 @@ def run_training(spec: LoopSpec, params, train_config: TrainConfig, workdir: str
       position = batcher.position  # of the batch after the one just used
       if step + 1 < spec.total_steps:
         batch = batcher.next_batch()  # overlaps with the device computation
-      metrics = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
-      now = time.time()
-      metrics["step_time_s"] = now - t_prev
-      metrics["tokens_per_s"] = metrics.get("n_tokens", 0.0) / max(now - t_prev, 1e-9)
-      t_prev = now
-      if not is_finite(metrics, FINITE_KEYS):
-        ckpt.wait()
-        last = ckpt.latest_step()
-        values = ", ".join(f"{k}={metrics[k]}" for k in FINITE_KEYS)
-        raise NonFiniteLossError(
-            f"{spec.name}: non-finite value at step {step + 1} ({values}); training stopped and "
-            f"nothing was saved for this step. Last good checkpoint: "
-            f"{'none' if last is None else f'step {last}'} in {ckpt.directory}", step + 1, last)
+      metrics, t_prev = _host_metrics(dev_metrics, t_prev)
+      _check_finite(spec.name, step + 1, metrics, ckpt)
       logger.log(step + 1, metrics)
       logger.advance()
       meta = {"data_position": position.to_dict(), "data_fingerprint": spec.fingerprint,

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Mapping
 
 from selfreward_jax.data.jsonl import read_jsonl, write_jsonl
 
