@@ -143,6 +143,12 @@ def test_malformed_line_is_reported_with_file_and_line_before_training(env):
     train_sft(config, init_params(config), tok, str(path), SFTConfig(train=train_config()),
               str(d / "bad"))
   assert not (d / "bad" / "checkpoints").exists()
+  empty = write_lines(d / "empty.jsonl", [{"prompt": "a", "response": " "}])
+  with pytest.raises(ValueError, match="no examples to train on"):
+    train_sft(config, init_params(config), tok, str(empty), SFTConfig(train=train_config()),
+              str(d / "empty"))
+  assert json.loads((d / "empty" / "data_stats.json").read_text())["skipped"] == {
+      "empty_response": 1}
   pairs = write_lines(d / "badpairs.jsonl", pair_records(2) + [{"prompt": "a", "chosen": 1,
                                                                  "rejected": "b"}])
   with pytest.raises(DataError, match=r"badpairs.jsonl:3: field 'chosen': expected str"):
