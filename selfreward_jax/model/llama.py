@@ -200,9 +200,13 @@ def param_axes(config: LlamaConfig) -> dict:
 def init_params(config: LlamaConfig, rng: jax.Array) -> dict:
   """Random parameters (normal, std 0.02 as in HF ``initializer_range``; norms at 1).
 
-  Returns a plain pytree in ``config.param_dtype``. To create them directly sharded on a mesh, use
-  ``sharding.init_sharded_params``.
+  Returns a plain pytree in ``config.param_dtype``, computed by one jitted program (on the default
+  device). To create them directly sharded on a mesh, use ``sharding.init_sharded_params``.
   """
+  return _init_params_jit(config, rng)
+
+
+def _init_params(config: LlamaConfig, rng: jax.Array) -> dict:
   shapes = param_shapes(config)
   flat, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
   paths = [jax.tree_util.keystr(p) for p, _ in
@@ -215,6 +219,9 @@ def init_params(config: LlamaConfig, rng: jax.Array) -> dict:
     else:
       leaves.append((0.02 * jax.random.normal(key, shape, jnp.float32)).astype(config.pdtype))
   return jax.tree.unflatten(treedef, leaves)
+
+
+_init_params_jit = jax.jit(_init_params, static_argnums=0)
 
 
 # ---- building blocks -----------------------------------------------------------------------------
