@@ -61,7 +61,7 @@ def _jsonl(path):
 def test_two_iterations_produce_every_artifact(full_run):
   root, wd, proc = full_run
   stages = sorted(os.listdir(wd / "stages"))
-  assert len(stages) == 5 + 2 * 5
+  assert len(stages) == 5 + 2 * 5 + 2  # + eval, report
   for t in (1, 2):
     it = wd / f"iter{t}"
     prompts = _jsonl(it / "prompts.jsonl")

@@ -78,7 +78,7 @@ def stage_names(iterations: int) -> List[str]:
   names = ["seed", "m0", "sft_baseline", "eft", "sft"]
   for t in range(1, iterations + 1):
     names += [f"iter{t}.{s}" for s in ("prompts", "candidates", "judge", "pairs", "dpo")]
-  return names
+  return names + ["eval", "report"]
 
 
 def select_stages(spec: str, iterations: int) -> List[str]:
@@ -561,6 +561,18 @@ class SelfRewardingRun:
     summary = self._train_summary(stage)
     self._write_iteration_stats(t, dpo=summary)
     return summary
+
+  # evaluation ------------------------------------------------------------------------------------
+  def stage_eval(self) -> Dict[str, Any]:
+    """Both axes for every model of the run (``eval.evaluate``); uses the oracle, never feeds
+    the loop."""
+    from selfreward_jax.eval import evaluate
+    return evaluate.run_eval(self)
+
+  def stage_report(self) -> Dict[str, Any]:
+    """``report.json``, ``report.md`` and plots from the eval artifacts (``eval.report``)."""
+    from selfreward_jax.eval import report
+    return report.write_report(self)
 
   def _write_iteration_stats(self, t: int, **extra) -> None:
     """iter{t}/stats.json: prompts kept per filter, candidates, parse rate, score histogram,
