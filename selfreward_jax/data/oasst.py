@@ -19,12 +19,11 @@ deterministic shuffle by ``seed``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import random
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from selfreward_jax.data.jsonl import DataError
+from selfreward_jax.data.jsonl import DataError, iter_jsonl
 
 REQUIRED = ("message_id", "parent_id", "role", "text")
 
@@ -89,26 +88,20 @@ def load_messages(source: str, split: str = "train") -> List[Dict[str, Any]]:
   return rows
 
 
+def _missing_field(rec: Dict[str, Any]) -> Optional[str]:
+  if "prompt" in rec:  # a nested trees-export record
+    return None
+  missing = [k for k in REQUIRED if k not in rec]
+  return f"field {missing[0]!r}: missing" if missing else None
+
+
 def _read_json_rows(files: Sequence[str]) -> List[Dict[str, Any]]:
   """JSONL rows with file:line errors (datasets' JSON reader hides where a bad line is)."""
   rows = []
   for path in files:
-    with open(path, encoding="utf-8") as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise DataError(path, lineno, f"invalid JSON: {e.msg}") from None
-        if not isinstance(rec, dict):
-          raise DataError(path, lineno, "expected a JSON object")
-        if "prompt" not in rec:
-          for key in REQUIRED:
-            if key not in rec:
-              raise DataError(path, lineno, "missing", field=key)
-        rec["_where"] = f"{path}:{lineno}"
-        rows.append(rec)
+    for lineno, rec in iter_jsonl(path, validate=_missing_field):
+      rec["_where"] = f"{path}:{lineno}"
+      rows.append(rec)
   return rows
 
 
