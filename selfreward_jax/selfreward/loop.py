@@ -249,6 +249,15 @@ class SelfRewardingRun:
     return rows
 
   def print_summary(self, file=None) -> None:
+    """Per-iteration stats, then (when the ``report`` stage has run) the report's model table."""
+    self._print_iterations(file)
+    if os.path.exists(self.path("report.json")):
+      from selfreward_jax.eval import report
+      rep = read_json(self.path("report.json"))
+      print(f"\n{report.format_table(rep['table'])}\n(report: {self.path('report.md')})",
+            file=file or sys.stdout)
+
+  def _print_iterations(self, file=None) -> None:
     rows = self.summary_rows()
     if not rows:
       return

@@ -84,13 +84,13 @@ class PretrainConfig:
   train, optim: the trainer (packed rows of ``train.max_len`` tokens; full LM loss).
   """
 
-  documents: int = 20000
+  documents: int = 24000
   p_correct: float = 0.5
   p_generic: float = 0.05
   judge_share: float = 0.25
-  p_judge_correct: float = 0.6
-  task_list_share: float = 0.1
-  train: TrainConfig = TrainConfig(batch_size=16, max_len=256, num_steps=600, dropout_rate=0.0,
+  p_judge_correct: float = 0.9
+  task_list_share: float = 0.08
+  train: TrainConfig = TrainConfig(batch_size=16, max_len=256, num_steps=150, dropout_rate=0.0,
                                    save_every=100, max_to_keep=2, tensorboard=False)
   optim: OptimConfig = OptimConfig(learning_rate=3e-3, end_learning_rate=3e-4, schedule="cosine",
                                    warmup_steps=30, weight_decay=0.0)
