@@ -385,6 +385,7 @@ def forward(
     dropout_rng: Optional[jax.Array] = None,
     cache: Optional[KVCache] = None,
     return_hidden: bool = False,
+    logits_at_b: Optional[jax.Array] = None,
 ):
   """Runs the model. The same function serves training, prefill and one-token decode.
 
@@ -403,9 +404,13 @@ def forward(
     dropout_rng: enables dropout at ``config.dropout_rate`` (training); None = deterministic.
     cache: a ``KVCache`` of [L, B, S, K, H]; enables prefill/decode and changes the return value.
     return_hidden: also return the final normalised hidden states [B, T, D] (compute dtype).
+    logits_at_b: int32 [B]: compute the logits only at position ``logits_at_b[b]`` of each row
+      (e.g. a prompt's last token in prefill: the output projection of the other positions is
+      skipped); the logits are then [B, 1, V].
 
   Returns:
-    logits_btv float32 [B, T, V]; ``(logits_btv, new_cache)`` when a cache is given;
+    logits_btv float32 [B, T, V] ([B, 1, V] with ``logits_at_b``); ``(logits_btv, new_cache)``
+    when a cache is given;
     with ``return_hidden`` the hidden states are appended to the returned tuple.
   """
   c = config
@@ -447,10 +452,13 @@ def forward(
   x_btd, (ck, cv) = jax.lax.scan(body, x_btd, xs)
 
   h_btd = rms_norm(x_btd, params["final_norm"].astype(c.cdtype), c.norm_eps)
+  hl_btd = h_btd
+  if logits_at_b is not None:
+    hl_btd = jnp.take_along_axis(h_btd, logits_at_b.astype(jnp.int32)[:, None, None], axis=1)
   if c.tie_embeddings:
-    logits_btv = _dot("btd,vd->btv", h_btd, params["embed"].astype(c.cdtype), jnp.float32)
+    logits_btv = _dot("btd,vd->btv", hl_btd, params["embed"].astype(c.cdtype), jnp.float32)
   else:
-    logits_btv = _dot("btd,dv->btv", h_btd, params["lm_head"].astype(c.cdtype), jnp.float32)
+    logits_btv = _dot("btd,dv->btv", hl_btd, params["lm_head"].astype(c.cdtype), jnp.float32)
   logits_btv = shd.constrain(logits_btv, ("batch", "seq", "act_vocab"))
 
   out = (logits_btv,)

@@ -457,8 +457,9 @@ def _prefill(config, params, tokens_t, true_length, temperature, top_p, top_k,
              max_new_tokens) -> Prefix:
   t = tokens_t.shape[0]
   cache = llama.init_cache(config, 1, t)
-  logits_1tv, cache = llama.forward(params, tokens_t[None], config, cache=cache)
-  logits_v = jax.lax.dynamic_index_in_dim(logits_1tv[0], true_length - 1, keepdims=False)
+  logits_11v, cache = llama.forward(params, tokens_t[None], config, cache=cache,
+                                    logits_at_b=(true_length - 1)[None])
+  logits_v = logits_11v[0, 0]
   return Prefix(cache, logits_v.astype(jnp.float32), true_length, temperature, top_p, top_k,
                 max_new_tokens)
 
