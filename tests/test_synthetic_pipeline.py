@@ -107,7 +107,7 @@ def test_default_run_end_to_end_writes_the_report(tiny_run):
   groups = _jsonl(seed / "eft_groups_train.jsonl") + _jsonl(seed / "eft_groups_eval.jsonl")
   assert len(groups) == 16 and len(_jsonl(seed / "eft_groups_eval.jsonl")) == 4
   for g in groups:
-    assert len(g["responses"]) == len(g["ranks"]) == 4 and min(g["ranks"]) == 0
+    assert len(g["responses"]) == len(g["ranks"]) == 3 and min(g["ranks"]) == 0
   assert {g["prompt"] for g in groups}.isdisjoint({r["prompt"] for r in ift})
   assert len(_jsonl(seed / "eval_tasks.jsonl")) == 12
   assert (wd / "models" / "M0" / "llama_config.json").exists()
