@@ -105,10 +105,11 @@ def grpc_serving(cfg: common.BenchConfig, params, prompts: Sequence[Sequence[int
       def one(prompt: Sequence[int]) -> int:
         with grpc.insecure_channel(address) as channel:
           stub = jetstream_pb2_grpc.OrchestratorStub(channel)
+          # JetStream prepends BOS to token_content itself: send the ids after our BOS.
           req = jetstream_pb2.DecodeRequest(
-              token_content=jetstream_pb2.DecodeRequest.TokenContent(token_ids=list(prompt)),
+              token_content=jetstream_pb2.DecodeRequest.TokenContent(token_ids=list(prompt[1:])),
               max_tokens=new_tokens)
-          return sum(len(s.token_ids) for r in stub.Decode(req, timeout=1800)
+          return sum(len(s.token_ids) for r in stub.Decode(req, timeout=900)
                      for s in r.stream_content.samples)
 
       def burst(ps) -> List[int]:
