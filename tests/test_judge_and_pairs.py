@@ -92,7 +92,7 @@ def test_pairs_max_vs_min_with_provenance():
   }
   out, stats = build_pairs(groups)
   assert stats.to_dict() == {"prompts": 4, "pairs": 1, "dropped_tie": 1, "dropped_too_few_scored": 2,
-                             "dropped_empty_response": 0}
+                             "dropped_empty_response": 0, "dropped_identical": 0}
   (p,) = out
   assert (p["prompt_id"], p["chosen_id"], p["rejected_id"]) == ("p0", 1, 2)  # lower index wins ties
   assert p["chosen"] == "response 1" and p["rejected"] == "response 2"
@@ -103,6 +103,12 @@ def test_pairs_max_vs_min_with_provenance():
 def test_pairs_skip_empty_responses():
   out, stats = build_pairs({"p": ("x", [_c(0, 5.0, resp="  "), _c(1, 2.0)])})
   assert out == [] and stats.dropped_empty_response == 1
+
+
+def test_pairs_with_identical_texts_are_dropped():
+  out, stats = build_pairs({"p": ("x", [_c(0, 5.0, resp="same"), _c(1, 1.0, resp=" same "),
+                                        _c(2, 3.0, resp="other")])})
+  assert out == [] and stats.dropped_identical == 1
 
 
 def test_length_control_prefers_short_chosen_and_long_rejected():

@@ -281,12 +281,16 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarr
   return np.random.Generator(np.random.PCG64([seed, epoch])).permutation(n)
 
 
+class NothingToTrainError(ValueError):
+  """Every example of a data file was skipped (or the file is empty)."""
+
+
 class _Stream:
   """Walks the example stream from a ``DataPosition``."""
 
   def __init__(self, n: int, seed: int, shuffle: bool, position: DataPosition):
     if n <= 0:
-      raise ValueError("no examples to train on (all were skipped, or the file is empty)")
+      raise NothingToTrainError("no examples to train on (all were skipped, or the file is empty)")
     self.n, self.seed, self.shuffle = n, seed, shuffle
     self.position = position
     self._orders: Dict[int, np.ndarray] = {}

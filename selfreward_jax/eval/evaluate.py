@@ -36,62 +36,26 @@ evaluation resumes. The loop itself never reads any of this.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from selfreward_jax.data.jsonl import read_json, read_jsonl, write_json, write_jsonl
 from selfreward_jax.eval.reward_metrics import reward_metrics
 from selfreward_jax.selfreward import judge as judge_lib
-from selfreward_jax.selfreward.config import SamplingConfig
+from selfreward_jax.selfreward.config import EvalConfig, SamplingConfig
 
 log = logging.getLogger(__name__)
 
 EVAL_DIR = "eval"
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-  """What the ``eval`` stage measures and how it samples.
-
-  models: model names of the run to evaluate (default: each of M0, SFT, M1, ..., M{T+1} that
-    exists).
-  max_prompts: at most this many instruction-following prompts (0 = all).
-  response_temperature: 0 = greedy responses; ``response_max_new_tokens`` (0 = the loop's
-    ``candidate_sampling.max_new_tokens``).
-  num_judgements, judge_temperature: judgements per response for reward modelling and the
-    model-judged head to head (1 greedy by default; the loop's K=3 at T=0.7 is the alternative).
-  judge_model: the model judging head to head ("" = the last model of the run).
-  prompts_path: prompts for non-synthetic sources (JSONL with "prompt" or "instruction", or a JSON
-    list of those or of strings); default: the EFT eval prompts.
-  alpaca_eval: export AlpacaEval model outputs (non-synthetic sources).
-  chunk_size: prompts per resumable chunk.
-  """
-
-  models: Tuple[str, ...] = ()
-  max_prompts: int = 0
-  response_temperature: float = 0.0
-  response_max_new_tokens: int = 0
-  num_judgements: int = 1
-  judge_temperature: float = 0.0
-  judge_model: str = ""
-  prompts_path: str = ""
-  alpaca_eval: bool = True
-  chunk_size: int = 256
-
-  def __post_init__(self):
-    if self.num_judgements < 1 or self.chunk_size < 1 or self.max_prompts < 0:
-      raise ValueError("EvalConfig: num_judgements and chunk_size must be >= 1, max_prompts >= 0")
-
-
 def eval_config(run) -> EvalConfig:
-  """The run's ``EvalConfig`` (``run.cfg.eval`` when the run config has that section)."""
-  cfg = getattr(run.cfg, "eval", None)
-  return cfg if isinstance(cfg, EvalConfig) else EvalConfig()
+  """The run's ``EvalConfig`` (``config.eval``)."""
+  return run.cfg.eval
 
 
 # ---- pure functions ------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ Stages, in order (``stage_names``)::
   iter{t}.judge       K judgements per candidate by M_t, averaged over the parsable ones
   iter{t}.pairs       chosen = best, rejected = worst mean score, ties dropped
   iter{t}.dpo         DPO from M_t with M_t as the reference -> M_{t+1}
+  eval              every model: instruction following (oracle or AlpacaEval export), reward
+                    modelling against the reference ranking, diagnostics (``eval.evaluate``)
+  report            report.json, report.md and plots (``eval.report``)
 
 Every stage writes its artifacts atomically and then a ``stages/<name>.json`` marker with its
 stats; a rerun skips stages with a marker. Sampling stages work in chunks of prompts (each chunk
@@ -25,9 +28,6 @@ The loop never sees an oracle: pairs come from the model's own judgements only.
 
 from __future__ import annotations
 
-import dataclasses
-import glob
-import json
 import logging
 import os
 import sys
@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from selfreward_jax.configlib import to_config
-from selfreward_jax.data.jsonl import DataError, read_json, read_jsonl, write_json, write_jsonl
+from selfreward_jax.data.jsonl import read_json, read_jsonl, write_json, write_jsonl
 from selfreward_jax.selfreward import judge as judge_lib
 from selfreward_jax.selfreward import pairs as pairs_lib
 from selfreward_jax.selfreward import self_instruct as si
@@ -48,6 +48,7 @@ from selfreward_jax.selfreward.templates import load_template
 log = logging.getLogger(__name__)
 
 PAUSE_ENV = "SELFREWARD_JAX_PAUSE_AT"
+PROMPT_MODEL = "prompt_model"  # the name of a fixed prompt-writing model (LoopConfig.prompt_model)
 
 
 class StageError(RuntimeError):
@@ -158,7 +159,7 @@ class SelfRewardingRun:
     if self._current is not None and self._current[0] == name:
       return self._current[1], self._current[2]
     from selfreward_jax.checkpoint import params as ckpt
-    path = self.model_dir(name)
+    path = self.cfg.loop.prompt_model if name == PROMPT_MODEL else self.model_dir(name)
     if not os.path.isdir(path):
       raise StageError(f"model {name} is missing ({path}); run the stage that makes it first")
     self._current = None  # release the previous model before loading
@@ -415,7 +416,7 @@ class SelfRewardingRun:
     template = load_template(lc.self_instruct_template, kind="self_instruct")
     example_t = load_template(lc.self_instruct_example_template, kind="self_instruct_example")
     filt = si.PromptFilter(seed_prompts + earlier, lc.filters)
-    model = f"M{t}" if lc.prompt_model == "self" else None
+    model = f"M{t}" if lc.prompt_model == "self" else PROMPT_MODEL
     accepted: List[Dict] = []
     parts = self.idir(t, "prompts.parts")
     os.makedirs(parts, exist_ok=True)
@@ -455,16 +456,9 @@ class SelfRewardingRun:
                                      f"({dict(filt.counts)}); see {self.idir(t)}")
     return stats
 
-  def _self_instruct(self, model: Optional[str], few_shots: Sequence[str], seed: int) -> List[str]:
+  def _self_instruct(self, model: str, few_shots: Sequence[str], seed: int) -> List[str]:
     tok = self.tokenizer()
     ids = [[tok.bos_id] + tok.encode(f) for f in few_shots]
-    if model is None:  # a fixed prompt-writing model
-      name = "prompt_model"
-      if self._current is None or self._current[0] != name:
-        from selfreward_jax.checkpoint import params as ckpt
-        config, params = ckpt.load_model(self.cfg.loop.prompt_model, self.mesh)
-        self._current = (name, config, params)
-      model = name
     outs = self._generate_text(model, ids, 1, self.cfg.loop.prompt_sampling, seed)
     return [o[0] if o else "" for o in outs]
 
@@ -557,15 +551,19 @@ class SelfRewardingRun:
     return stats
 
   def stage_dpo(self, t: int) -> Dict[str, Any]:
+    from selfreward_jax.data import batching
     from selfreward_jax.train.dpo import train_dpo
     stage = f"iter{t}.dpo"
     pairs_path = self.require(self.idir(t, "pairs.jsonl"), f"iter{t}.pairs")
     config, params = self.load(f"M{t}")
     self._current = None  # consumed by the trainer; M_t stays on disk as the reference's source
     dpo_cfg = self.cfg.dpo.replace(train=self.cfg.dpo.train.replace(seed=stage_seed(self.cfg.seed, stage)))
-    params = train_dpo(config, params, self.tokenizer(), pairs_path, dpo_cfg,
-                       workdir=self.path("train", stage), mesh=self.mesh,
-                       on_step=lambda step, m: pause_point(stage, step))
+    try:
+      params = train_dpo(config, params, self.tokenizer(), pairs_path, dpo_cfg,
+                         workdir=self.path("train", stage), mesh=self.mesh,
+                         on_step=lambda step, m: pause_point(stage, step))
+    except batching.NothingToTrainError as e:
+      raise DegenerateIterationError(f"iteration {t}: {e}") from None
     self.save(f"M{t + 1}", config, params)
     summary = self._train_summary(stage)
     self._write_iteration_stats(t, dpo=summary)

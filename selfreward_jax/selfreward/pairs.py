@@ -3,7 +3,9 @@
 Per prompt (PAPER.md): chosen = the candidate with the highest mean judge score, rejected = the
 one with the lowest; the prompt is dropped when they are equal. Candidates without any parsable
 judgement take no part (they are neither chosen nor rejected), and a prompt with fewer than two
-scored candidates is dropped; each drop reason is counted.
+scored candidates is dropped, and so is a pair whose chosen and rejected texts are identical
+(the same text judged differently: nothing for DPO to learn, and DPO would skip it); each drop
+reason is counted.
 
 Length control (Meta-Rewarding, Wu et al. 2024): with ``length_control=rho > 0``, the chosen
 response is the *shortest* among the candidates whose score is within the top ``rho`` fraction of
@@ -39,6 +41,7 @@ class PairStats:
   dropped_tie: int = 0
   dropped_too_few_scored: int = 0
   dropped_empty_response: int = 0
+  dropped_identical: int = 0
 
   def to_dict(self) -> Dict[str, int]:
     return dataclasses.asdict(self)
@@ -67,6 +70,8 @@ def select_pair(cands: Sequence[Candidate], length_control: float = 0.0
   else:
     chosen = min((c for c in usable if c.score == hi), key=lambda c: c.candidate_id)
     rejected = min((c for c in usable if c.score == lo), key=lambda c: c.candidate_id)
+  if chosen.response.strip() == rejected.response.strip():
+    return None, "identical"
   return (chosen, rejected), "ok"
 
 

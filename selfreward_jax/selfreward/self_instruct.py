@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
