@@ -26,9 +26,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_config.py")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py); default: the embedded tiny default.",
-    lock_config=True)
+    "config", DEFAULT_CONFIG, "Config file (configs/*.py); default: the embedded tiny default "
+    "(selfreward_jax/default_config.py, also configs/tiny.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: ./workdir/<config name>).")
 _STAGES = flags.DEFINE_string("stages", "all", "Stages to run: 'all' or a comma list of names/prefixes.")
 _LIST = flags.DEFINE_bool("list_stages", False, "Print the stages of this config and exit.")
@@ -37,7 +38,9 @@ log = logging.getLogger("selfreward_jax")
 
 
 def _setup_logging() -> None:
+  from absl import logging as absl_logging
   root = logging.getLogger()
+  root.removeHandler(absl_logging.get_absl_handler())  # one handler, one line per record
   if not any(getattr(h, "_srj", False) for h in root.handlers):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
@@ -57,12 +60,8 @@ def main(argv) -> int:
   from selfreward_jax.selfreward.config import run_config_from
 
   cfg_dict = _CONFIG.value
-  name = "tiny"
-  if cfg_dict is None:
-    from selfreward_jax import default_config
-    cfg_dict = default_config.get_config()
-  else:
-    name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+  path = flags.FLAGS["config"].config_filename
+  name = "tiny" if os.path.abspath(path) == DEFAULT_CONFIG else os.path.splitext(os.path.basename(path))[0]
   try:
     cfg = run_config_from(cfg_dict)
     stages = loop.select_stages(_STAGES.value, cfg.loop.iterations)
