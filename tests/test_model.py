@@ -181,3 +181,27 @@ def test_presets_and_param_counts():
 def test_config_errors_name_the_field(field, value, match):
   with pytest.raises(ValueError, match=f"LlamaConfig.{field}.*{match}"):
     LlamaConfig.tiny(**{field: value})
+
+
+def test_remat_policies_save_what_they_say(capsys):
+  """"dots" keeps every matmul output, "dots_no_batch" only the weight matmuls, "full" none."""
+  cfg = LlamaConfig.tiny(vocab_size=64, n_layers=1, compute_dtype="bfloat16")
+  params = llama.init_params(cfg, jax.random.key(0))
+  tokens = jnp.zeros((2, 8), jnp.int32)
+
+  def n_saved(remat):
+    c = cfg.replace(remat=remat)
+    layer = lambda x, lp: llama._remat(llama._layer, c.remat)(c, x, lp, jnp.zeros((2, 8), jnp.int32),
+                                                              jnp.ones((2, 8, 8), bool), None, None, None)[0]
+    lp = jax.tree.map(lambda w: w[0], params["layers"])
+    x = jnp.zeros((2, 8, cfg.dim), cfg.cdtype)
+    from jax.ad_checkpoint import print_saved_residuals
+    print_saved_residuals(lambda x, lp: layer(x, lp).astype(jnp.float32).sum(), x, lp)
+    out = capsys.readouterr().out
+    return sum("named 'proj_dot'" in l for l in out.splitlines()), \
+        sum("named 'attn_dot'" in l for l in out.splitlines())
+
+  assert n_saved("full") == (0, 0)
+  proj, attn = n_saved("dots")
+  assert proj >= 6 and attn == 2  # (the w_down output is not needed by the backward)
+  assert n_saved("dots_no_batch") == (proj, 0)

@@ -32,6 +32,7 @@ from typing import Any, Mapping, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from selfreward_jax import sharding as shd
 
@@ -246,8 +247,16 @@ def rope(x_btnh: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
   return out.astype(x_btnh.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
 def _dot(spec: str, a: jax.Array, b: jax.Array, out_dtype) -> jax.Array:
+  """``_dot_f32acc`` with its output named for the remat policies: "attn_dot" for the two
+  attention products (dot_generals with a batch dimension), "proj_dot" for the weight matmuls.
+  (``jax.checkpoint``'s dot policies cannot see inside a ``custom_vjp``; names can.)"""
+  name = "attn_dot" if spec.split(",")[1][0] == "b" else "proj_dot"
+  return checkpoint_name(_dot_f32acc(spec, a, b, out_dtype), name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _dot_f32acc(spec: str, a: jax.Array, b: jax.Array, out_dtype) -> jax.Array:
   """einsum with float32 accumulation, cast to ``out_dtype``.
 
   Its gradient is two einsums of the same kind: the cotangent is cast to the inputs' dtype and
@@ -259,7 +268,7 @@ def _dot(spec: str, a: jax.Array, b: jax.Array, out_dtype) -> jax.Array:
 
 
 def _dot_fwd(spec, a, b, out_dtype):
-  return _dot(spec, a, b, out_dtype), (a, b)
+  return _dot_f32acc(spec, a, b, out_dtype), (a, b)
 
 
 def _dot_bwd(spec, out_dtype, res, g):
@@ -272,7 +281,7 @@ def _dot_bwd(spec, out_dtype, res, g):
   return da.astype(a.dtype), db.astype(b.dtype)
 
 
-_dot.defvjp(_dot_fwd, _dot_bwd)
+_dot_f32acc.defvjp(_dot_fwd, _dot_bwd)
 
 
 def _dropout(x: jax.Array, rate: float, rng: Optional[jax.Array]) -> jax.Array:
@@ -368,8 +377,8 @@ def _remat(fn, policy: str):
     return fn
   policies = {
       "full": jax.checkpoint_policies.nothing_saveable,
-      "dots": jax.checkpoint_policies.checkpoint_dots,
-      "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+      "dots": jax.checkpoint_policies.save_only_these_names("proj_dot", "attn_dot"),
+      "dots_no_batch": jax.checkpoint_policies.save_only_these_names("proj_dot"),
   }
   return jax.checkpoint(fn, policy=policies[policy], static_argnums=(0,))
 
