@@ -6,7 +6,7 @@ World: the synthetic, verifiable task world (``selfreward_jax.synthetic``) at di
 families (``add, subtract, extreme, sort, repeat, count_items``; the world's author recommends ten,
 adding ``uppercase, pair_sum, factor, word_pick``, but at this compute budget the model learns
 fewer families faster). M0 is a 2M-parameter Llama (d=256, 2 layers, GQA 4:2, bf16 compute with
-f32 accumulation, a 1024-piece tokenizer) pretrained for 150 steps inside the ``m0`` stage on
+f32 accumulation, a 1024-piece tokenizer) pretrained for 450 steps inside the ``m0`` stage on
 worked tasks (half of them wrong), judgements (90% with the oracle's points) and few-shot task
 lists (``synthetic.pipeline``). Then the paper's pipeline unchanged: SFT baseline on IFT, EFT
 targets written by it and kept where its scores order the 3 responses of a group like the oracle
@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
       "pretrain": {
           "documents": 24000, "p_correct": 0.5, "judge_share": 0.25, "p_judge_correct": 0.9,
           "task_list_share": 0.08,
-          "train": {"batch_size": 16, "max_len": 256, "num_steps": 150, "dropout_rate": 0.0,
+          "train": {"batch_size": 16, "max_len": 256, "num_steps": 450, "dropout_rate": 0.0,
                     "save_every": 100, "max_to_keep": 2, "tensorboard": False},
           "optim": {"learning_rate": 3e-3, "end_learning_rate": 3e-4, "schedule": "cosine",
                     "warmup_steps": 30},
@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   d["sft"]["optim"].update(learning_rate=5e-4, end_learning_rate=5e-5, schedule="cosine",
                            warmup_steps=5)
   d["dpo"]["train"].update(batch_size=16, num_epochs=2.0, save_every=50, **common)
-  d["dpo"]["optim"].update(learning_rate=2e-4, end_learning_rate=2e-5, schedule="linear")
+  d["dpo"]["optim"].update(learning_rate=3e-5, end_learning_rate=3e-6, schedule="linear")
   d["dpo"].update(beta=0.1)
   d["loop"].update(iterations=2, num_prompts=128, num_candidates=4, num_judgements=3,
                    judge_template="judge_short", self_instruct_template="self_instruct_short",
