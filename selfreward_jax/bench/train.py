@@ -140,15 +140,16 @@ def ours_dpo(cfg: common.BenchConfig, params, batch: Dict[str, np.ndarray],
 
 
 def _word_tokenizer(vocab: int):
-  """A transformers fast tokenizer whose words "t<i>" are the ids i: TRL tokenises text, so the
-  pairs are given as such words and reach the model as exactly our ids."""
+  """A transformers fast tokenizer whose words "w<i>_" are the ids i: TRL tokenises text, so the
+  pairs are given as such words and reach the model as exactly our ids. (The trailing "_" matters:
+  transformers matches special tokens as substrings, so with "t<i>" the BOS "t1" split "t17".)"""
   import tokenizers  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   word = tokenizers.Tokenizer(tokenizers.models.WordLevel(
-      {f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+      {f"w{i}_": i for i in range(vocab)}, unk_token="w0_"))
   word.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
   return transformers.PreTrainedTokenizerFast(
-      tokenizer_object=word, bos_token="t1", eos_token="t2", pad_token="t0", unk_token="t0")
+      tokenizer_object=word, bos_token="w1_", eos_token="w2_", pad_token="w0_", unk_token="w0_")
 
 
 def trl_dpo(cfg: common.BenchConfig, hf_model, pairs: Dict[str, np.ndarray], workdir: str
@@ -159,7 +160,7 @@ def trl_dpo(cfg: common.BenchConfig, hf_model, pairs: Dict[str, np.ndarray], wor
     import trl  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     return common.skipped(f"TRL not installed ({e}); pip install trl (the `bench` extra)")
-  text = lambda ids_t: " ".join(f"t{int(i)}" for i in ids_t)
+  text = lambda ids_t: " ".join(f"w{int(i)}_" for i in ids_t)
   p = pairs["prompt_bt"].shape[0]
   rows = [{"prompt": text(pairs["prompt_bt"][i]), "chosen": " " + text(pairs["chosen_bt"][i]),
            "rejected": " " + text(pairs["rejected_bt"][i])} for i in range(p)]
@@ -187,6 +188,9 @@ def trl_dpo(cfg: common.BenchConfig, hf_model, pairs: Dict[str, np.ndarray], wor
   setup_s = time.perf_counter() - start
   batch = next(iter(trainer.get_train_dataloader()))
   n_tokens = int(batch["input_ids"].shape[1])
+  if n_tokens != cfg.seq:
+    raise RuntimeError(f"TRL's batch has {n_tokens} tokens per row, ours {cfg.seq}: the "
+                       "word tokenizer did not reproduce the ids")
   trainer.train()
   model.eval()
   timed_s = step_s[1:]
