@@ -24,7 +24,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # torch 2.13.0 is the CPU wheel on the project's machines; it is only a test/benchmark reference.
     "test": ["pytest>=8", "scipy>=1.11", "torch==2.13.0", "nbclient>=0.10", "ipykernel>=6"],
-    "bench": ["torch==2.13.0", "trl>=0.20", "scipy>=1.11"],
+    "bench": ["torch==2.13.0", "trl>=1.16,<2", "scipy>=1.11"],
 }
 
 setup(
