@@ -115,7 +115,6 @@ class SelfRewardingRun:
     self._tokenizer = None
     self._sampler = None
     self._current: Optional[Tuple[str, Any, Any]] = None  # (model name, config, params)
-    self.too_long = 0  # inputs skipped by the sampling stages because they do not fit
 
   # ---- paths and markers ----------------------------------------------------------------------
   def path(self, *parts: str) -> str:
@@ -190,14 +189,13 @@ class SelfRewardingRun:
   def _generate_text(self, name: str, prompts_ids: Sequence[Sequence[int]], num_samples: int,
                      sampling, seed: int) -> List[Optional[List[str]]]:
     """Decoded samples per prompt; None for a prompt that does not fit the sampler (longer than
-    ``max_prefill_length`` or than the cache allows): counted in ``self.too_long``, never cut."""
+    ``max_prefill_length`` or than the cache allows): never cut; each stage records and counts them."""
     config, params = self.load(name)
     tok = self.tokenizer()
     sampler = self.sampler(config, params)
     sc = self.cfg.sampler
     limit = min(sc.max_prefill_length, sc.max_decode_length - sampling.max_new_tokens)
     fits = [i for i, p in enumerate(prompts_ids) if 0 < len(p) <= limit]
-    self.too_long += len(prompts_ids) - len(fits)
     out: List[Optional[List[str]]] = [None] * len(prompts_ids)
     if fits:
       gen = sampler.generate([prompts_ids[i] for i in fits], num_samples=num_samples,
