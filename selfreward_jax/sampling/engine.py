@@ -216,15 +216,16 @@ class Engine(engine_api.Engine):
 
   def _build_jitted(self):
     state_sh = self.decode_state_shardings()
+    rep = NamedSharding(self._mesh, P())  # host-read outputs: every process holds all of them
     c, s = self.config, self.max_cache_length
     self._prefill_jit = jax.jit(functools.partial(_prefill, c),
                                 out_shardings=self.get_prefix_destination_sharding())
     self._insert_jit = jax.jit(_insert, donate_argnums=(1,), out_shardings=state_sh)
     self._generate_jit = jax.jit(functools.partial(_generate, c, s), donate_argnums=(1,),
-                                 out_shardings=(state_sh, None, None))
+                                 out_shardings=(state_sh, rep, rep))
     self._generate_steps_jit = jax.jit(functools.partial(_generate_steps, c, s),
                                        static_argnames=("num_steps",), donate_argnums=(1,),
-                                       out_shardings=(state_sh, None, None, None, None))
+                                       out_shardings=(state_sh, rep, rep, rep, rep, rep))
     self._init_jit = jax.jit(functools.partial(_init_state, c, self._slots, s),
                              out_shardings=state_sh)
 
@@ -344,8 +345,10 @@ class Engine(engine_api.Engine):
     ``exit_on_finish``, as soon as a slot that was running finishes (so its slot can be refilled).
 
     Returns:
-      (state, tokens_kb int32, valid_kb bool, logprobs_kb f32, n_steps int32 []): rows >= n_steps
-      are unused. logprobs are ``log_softmax`` of the raw logits at the token (see ``ops``).
+      (state, tokens_kb int32, valid_kb bool, logprobs_kb f32, n_steps int32 [], done_b bool):
+      rows >= n_steps are unused; ``done_b`` is ``state.done_b`` after the steps. logprobs are
+      ``log_softmax`` of the raw logits at the token (see ``ops``). All but the state are
+      replicated, so every process of a multi-host mesh can read them.
     """
     with jax.set_mesh(self._mesh):
       return self._generate_steps_jit(params, decode_state, _stop_array(stop_ids),
@@ -531,4 +534,4 @@ def _generate_steps(config, s: int, params, state: DecodeState, stop_ids, exit_o
   carry = (jnp.int32(0), state, jnp.zeros((num_steps, b), jnp.int32),
            jnp.zeros((num_steps, b), bool), jnp.zeros((num_steps, b), jnp.float32))
   n, state, tokens_kb, valid_kb, logprobs_kb = jax.lax.while_loop(cond, body, carry)
-  return state, tokens_kb, valid_kb, logprobs_kb, n
+  return state, tokens_kb, valid_kb, logprobs_kb, n, state.done_b

@@ -195,10 +195,10 @@ class _Run:
     return state
 
   def _decode_chunk(self, state):
-    state, tokens_kb, valid_kb, logprobs_kb, n = self.engine.generate_steps(
+    state, tokens_kb, valid_kb, logprobs_kb, n, done_b = self.engine.generate_steps(
         self.params, state, num_steps=self.s.steps_per_sync, stop_ids=self.stop_ids,
         exit_on_finish=bool(self.queue))
-    fetch = (tokens_kb, valid_kb, n, state.done_b) + ((logprobs_kb,) if self.return_logprobs else ())
+    fetch = (tokens_kb, valid_kb, n, done_b) + ((logprobs_kb,) if self.return_logprobs else ())
     host = jax.device_get(fetch)
     tokens_kb, valid_kb, n, done_b = host[:4]
     logprobs_kb = host[4] if self.return_logprobs else None
