@@ -9,6 +9,11 @@
 prefixes, e.g. ``seed,m0`` or ``iter2``; see ``selfreward.loop``). A rerun with the same workdir
 skips finished stages and resumes an unfinished one.
 
+Multi-host (TPU pod slices, several GPU nodes): run the same command on every host; with
+``--config.distributed.initialize=auto`` (default) it joins ``jax.distributed`` when the environment
+names a coordinator or a multi-host TPU slice (see ``selfreward_jax.distributed``). The workdir must
+be on a filesystem all hosts share.
+
 Exit codes: 0 done; 2 bad config / input / stage selection; 3 an iteration produced nothing to
 train on (zero pairs, no prompts), with the reason in the log and the stats in the workdir.
 """
@@ -51,6 +56,13 @@ def _setup_logging() -> None:
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _tag_log_lines(tag: str) -> None:
+  for h in logging.getLogger().handlers:
+    if getattr(h, "_srj", False):
+      h.setFormatter(logging.Formatter(f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s",
+                                       "%H:%M:%S"))
+
+
 def main(argv) -> int:
   del argv
   _setup_logging()
@@ -71,6 +83,9 @@ def main(argv) -> int:
   if _LIST.value:
     print("\n".join(stages))
     return 0
+  from selfreward_jax import distributed
+  if distributed.initialize(cfg.distributed):
+    _tag_log_lines(f"[process {distributed.process_index()}] ")
   workdir = _WORKDIR.value or os.path.join("workdir", name)
   log.info("run %s in %s: stages %s", name, os.path.abspath(workdir), ",".join(stages))
   run = loop.SelfRewardingRun(cfg, workdir)
@@ -84,7 +99,8 @@ def main(argv) -> int:
     return 2
   finally:
     run.close()
-  run.print_summary()
+  if distributed.is_writer():
+    run.print_summary()
   return 0
 
 

@@ -371,17 +371,10 @@ def train_sentencepiece(
   spm.SentencePieceTrainer.train(sentence_iterator=_lines(texts_or_path), model_writer=buf,
                                  **options)
   path = os.fspath(model_prefix) + ".model"
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".model.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(buf.getvalue())
-    os.replace(tmp, path)  # atomic: a reader never sees a half-written model
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  from selfreward_jax.data.jsonl import atomic_open  # pylint: disable=g-import-not-at-top
+  # atomic: a reader never sees a half-written model (multi-process: process 0 writes, all wait)
+  with atomic_open(path, "wb") as f:
+    f.write(buf.getvalue())
   return Tokenizer(path)
 
 

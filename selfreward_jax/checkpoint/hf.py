@@ -47,6 +47,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from selfreward_jax import distributed
 from selfreward_jax import sharding as shd
 from selfreward_jax.model import llama
 from selfreward_jax.model.llama import LlamaConfig
@@ -603,12 +604,11 @@ _take_layer = jax.jit(lambda a, i: jax.lax.dynamic_index_in_dim(a, i, 0, keepdim
 def _host(array: Any, layer: Optional[int]) -> np.ndarray:
   """One parameter (or one layer of a stacked one) gathered to host memory."""
   if isinstance(array, jax.Array):
-    if not array.is_fully_addressable:
-      raise NotImplementedError(
-          "save_hf_checkpoint: parameters span several processes; gather them first (e.g. "
-          "jax.experimental.multihost_utils.process_allgather per tensor) and save from one process")
     if layer is not None:
       array = _take_layer(array, layer)
+    if not array.is_fully_addressable:  # spread over several processes: a collective gather
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return np.asarray(multihost_utils.process_allgather(array, tiled=True))
     return np.asarray(jax.device_get(array))
   array = np.asarray(array)
   return array[layer] if layer is not None else array
@@ -662,9 +662,10 @@ def save_hf_checkpoint(path: PathLike, config: LlamaConfig, params: Mapping[str,
   (bos 1, eos 2) unless disabled, and tokenizer.model when ``tokenizer_path`` is given.
 
   The safetensors files are streamed: headers are computed from the config, then one tensor (one
-  layer of a stacked parameter) at a time is gathered to host (``jax.device_get``; sharded arrays
-  are fine when this process addresses all their devices), cast, converted to HF layout and
-  written. Everything goes to a temp directory next to ``path`` that is renamed into place at the
+  layer of a stacked parameter) at a time is gathered to host (``jax.device_get``, or
+  ``process_allgather`` for arrays spread over several processes), cast, converted to HF layout
+  and written. In a multi-process run every process must call it (the gathers are collectives);
+  process 0 writes the files. Everything goes to a temp directory next to ``path`` that is renamed into place at the
   end, so a crash never leaves a half-written checkpoint at ``path``.
 
   Args:
@@ -687,6 +688,33 @@ def save_hf_checkpoint(path: PathLike, config: LlamaConfig, params: Mapping[str,
   if sys.byteorder != "little":  # pragma: no cover
     raise NotImplementedError("safetensors writing assumes a little-endian host")
 
+  if distributed.is_multiprocess():
+    distributed.barrier(f"save_hf_checkpoint start {os.path.basename(path)}")  # checks done
+    if not distributed.is_writer():  # take part in the per-tensor gathers; process 0 writes
+      for spec, layer in expected_tensors(config).values():
+        leaf = params
+        for p in spec.path:
+          leaf = leaf[p]
+        _host(leaf, layer)
+      error = distributed.broadcast_json(None)
+      if error:
+        raise RuntimeError(f"save_hf_checkpoint {path}: process 0 failed: {error}")
+      return path
+    try:
+      _save_hf_files(path, config, params, out_dtype, max_shard_bytes, tokenizer_path,
+                     write_generation_config)
+    except Exception as e:
+      distributed.broadcast_json(f"{type(e).__name__}: {e}")
+      raise
+    distributed.broadcast_json(None)
+    return path
+  return _save_hf_files(path, config, params, out_dtype, max_shard_bytes, tokenizer_path,
+                        write_generation_config)
+
+
+def _save_hf_files(path, config, params, out_dtype, max_shard_bytes, tokenizer_path,
+                   write_generation_config) -> str:
+  """``save_hf_checkpoint``'s writing (this process writes every file)."""
   # Plan the shards: HF order, greedy packing.
   itemsize = np.dtype(out_dtype).itemsize
   items: List[Tuple[TensorSpec, Optional[int]]] = []

@@ -23,6 +23,7 @@ from typing import Any, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 
+from selfreward_jax import distributed
 from selfreward_jax import sharding as shd
 from selfreward_jax.model import llama
 
@@ -34,25 +35,44 @@ def is_model_dir(path: str) -> bool:
 
 
 def save_model(path: str, config: llama.LlamaConfig, params: Any) -> str:
-  """Writes ``config`` and ``params`` (any sharding) to ``path`` atomically; returns ``path``."""
+  """Writes ``config`` and ``params`` (any sharding) to ``path`` atomically; returns ``path``.
+
+  In a multi-process run every process must call it with the same ``path`` (on a shared
+  filesystem): orbax writes each process's shards, process 0 writes the config and renames the
+  directory into place, and all processes return once it is there.
+  """
   path = os.path.abspath(os.fspath(path))
   parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
+  multi, writer = distributed.is_multiprocess(), distributed.is_writer()
+  if writer:
+    os.makedirs(parent, exist_ok=True)
+  if multi:  # one temp directory that every process names the same way
+    tmp = path + ".tmp-multiprocess"
+    if writer:
+      shutil.rmtree(tmp, ignore_errors=True)
+      os.makedirs(tmp)
+    distributed.barrier(f"save_model start {os.path.basename(path)}")
+  else:
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp-", dir=parent)
   try:
-    with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
-      json.dump(dataclasses.asdict(config), f, indent=2)
+    if writer:
+      with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump(dataclasses.asdict(config), f, indent=2)
     ckptr = ocp.StandardCheckpointer()
     try:
       ckptr.save(os.path.join(tmp, "params"), params)
       ckptr.wait_until_finished()
     finally:
       ckptr.close()
-    if os.path.exists(path):
-      shutil.rmtree(path)
-    os.replace(tmp, path)
+    distributed.barrier(f"save_model saved {os.path.basename(path)}")
+    if writer:
+      if os.path.exists(path):
+        shutil.rmtree(path)
+      os.replace(tmp, path)
+    distributed.barrier(f"save_model done {os.path.basename(path)}")
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if writer:
+      shutil.rmtree(tmp, ignore_errors=True)
     raise
   return path
 

@@ -365,15 +365,22 @@ class Batcher:
     seed, shuffle: the stream order (see the module docstring).
     pack: fill each row with several whole examples up to ``max(buckets)`` tokens.
     position: where to start (a restored ``DataPosition``).
+    local_rows: ``(lo, hi)``: materialise only rows ``lo:hi`` of each microbatch (this process's
+      share on a multi-host mesh, ``distributed.process_rows``); batches are then
+      ``[M, hi - lo, T]``. Every process plans the same global batch (indices only), so the
+      padded length and the data position agree across processes. Default: all rows.
   """
 
   def __init__(self, lengths: Sequence[int], collate: Callable[..., Dict[str, np.ndarray]], *,
                batch_size: int, microbatches: int = 1, buckets: Sequence[int], seed: int = 0,
                shuffle: bool = True, pack: bool = False,
-               position: DataPosition = DataPosition()):
+               position: DataPosition = DataPosition(),
+               local_rows: Optional[Tuple[int, int]] = None):
     if batch_size <= 0 or microbatches <= 0 or batch_size % microbatches:
       raise ValueError(f"batch_size={batch_size} must be a positive multiple of "
                        f"microbatches={microbatches}")
+    self.batch_size, self.microbatches = batch_size, microbatches
+    self.set_local_rows(local_rows)
     self.lengths = np.asarray(lengths, np.int64)
     self.buckets = tuple(sorted(buckets))
     if len(self.lengths) and self.lengths.max() > self.buckets[-1]:
@@ -382,6 +389,15 @@ class Batcher:
     self.collate, self.batch_size, self.microbatches = collate, batch_size, microbatches
     self.pack, self.seed, self.shuffle = pack, seed, shuffle
     self._stream = _Stream(len(self.lengths), seed, shuffle, position)
+
+  def set_local_rows(self, local_rows: Optional[Tuple[int, int]]) -> None:
+    """Sets ``local_rows`` (see the class docstring; None: all rows)."""
+    per_micro = self.batch_size // self.microbatches
+    lo, hi = (0, per_micro) if local_rows is None else (int(local_rows[0]), int(local_rows[1]))
+    if not 0 <= lo < hi <= per_micro:
+      raise ValueError(f"local_rows={local_rows} must be a non-empty range within the "
+                       f"{per_micro} rows of a microbatch")
+    self.local_rows = (lo, hi)
 
   @property
   def position(self) -> DataPosition:
@@ -411,11 +427,15 @@ class Batcher:
       stream.advance()
 
   def next_batch(self) -> Dict[str, np.ndarray]:
-    """The next batch, each array reshaped to ``[M, B / M, ...]``; advances the position."""
+    """The next batch, each array reshaped to ``[M, B / M, ...]`` (``[M, hi - lo, ...]`` with
+    ``local_rows``); advances the position."""
     rows = self._plan(self._stream)
     longest = max(int(sum(self.lengths[i] for i in row)) for row in rows)
+    m, (lo, hi) = self.microbatches, self.local_rows
+    per_micro = len(rows) // m
+    if (lo, hi) != (0, per_micro):
+      rows = [rows[k * per_micro + r] for k in range(m) for r in range(lo, hi)]
     batch = self.collate(rows, bucket_for(longest, self.buckets))
-    m = self.microbatches
     return {k: v.reshape((m, v.shape[0] // m) + v.shape[1:]) for k, v in batch.items()}
 
   def count_steps(self, num_epochs: float) -> int:

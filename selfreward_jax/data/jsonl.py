@@ -22,12 +22,29 @@ class DataError(ValueError):
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w", encoding: Optional[str] = "utf-8"):
+def atomic_open(path: str, mode: str = "w", encoding: Optional[str] = "utf-8", *,
+                shared: bool = True):
   """Opens a temp file next to ``path``; on clean exit fsyncs and renames it over ``path``.
 
   On an exception the temp file is removed and ``path`` is left as it was.
+
+  In a multi-process run (``selfreward_jax.distributed``) with ``shared`` (default) the file is a
+  shared artifact: every process must make the same call, only process 0 writes (the others write
+  into a discarded sink), and all processes then wait at a barrier, so the file exists for every
+  process once the call returns. ``shared=False``: this process writes its own file, no barrier
+  (for files written by one process only, e.g. under ``if distributed.is_writer()``).
   """
+  from selfreward_jax import distributed  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
+  if shared and distributed.is_multiprocess():
+    if distributed.is_writer():
+      with atomic_open(path, mode, encoding, shared=False) as f:
+        yield f
+    else:
+      with open(os.devnull, mode, encoding=None if "b" in mode else encoding) as f:
+        yield f
+    distributed.barrier(f"atomic_open {os.path.basename(path)}")
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
@@ -43,19 +60,20 @@ def atomic_open(path: str, mode: str = "w", encoding: Optional[str] = "utf-8"):
     raise
 
 
-def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> int:
-  """Atomically writes one JSON object per line; returns the number of records."""
+def write_jsonl(path: str, records: Iterable[Mapping[str, Any]], *, shared: bool = True) -> int:
+  """Atomically writes one JSON object per line; returns the number of records. ``shared``: see
+  ``atomic_open`` (multi-process runs)."""
   n = 0
-  with atomic_open(path) as f:
+  with atomic_open(path, shared=shared) as f:
     for r in records:
       f.write(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n")
       n += 1
   return n
 
 
-def write_json(path: str, obj: Any, indent: int = 2) -> None:
-  """Atomically writes a JSON document."""
-  with atomic_open(path) as f:
+def write_json(path: str, obj: Any, indent: int = 2, *, shared: bool = True) -> None:
+  """Atomically writes a JSON document. ``shared``: see ``atomic_open`` (multi-process runs)."""
+  with atomic_open(path, shared=shared) as f:
     json.dump(obj, f, indent=indent, ensure_ascii=False)
     f.write("\n")
 

@@ -20,7 +20,7 @@ import logging
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from selfreward_jax.data.jsonl import read_json, write_json
+from selfreward_jax.data.jsonl import atomic_open, read_json, write_json
 from selfreward_jax.eval.evaluate import EVAL_DIR, run_models
 
 log = logging.getLogger(__name__)
@@ -302,9 +302,8 @@ def _grouped_bars(ax, keys: Sequence[str], series: Mapping[str, Mapping[str, flo
 
 def _save(fig, out_dir: str, name: str) -> str:
   path = os.path.join(out_dir, name)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
-  os.replace(tmp, path)
+  with atomic_open(path, "wb") as f:  # multi-process: process 0 writes, all wait
+    fig.savefig(f, dpi=100, format="png")
   return path
 
 
@@ -316,8 +315,6 @@ def write_report(run) -> Dict[str, Any]:
   plots = plot_all(report, run.path("plots"))
   report["plots"] = plots
   write_json(run.path("report.json"), report)
-  tmp = run.path("report.md.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
+  with atomic_open(run.path("report.md")) as f:
     f.write(markdown(report, plots))
-  os.replace(tmp, run.path("report.md"))
   return {"report": run.path("report.md"), "plots": len(plots), "models": len(report["table"])}

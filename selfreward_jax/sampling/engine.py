@@ -360,7 +360,8 @@ class Engine(engine_api.Engine):
     ``decode_state_shardings``."""
     del args, kwargs
     with jax.set_mesh(self._mesh):
-      return self._init_jit(jax.random.key_data(jax.random.key(self._seed)))
+      # a host value (not an array on this process's first device): multi-host meshes accept it
+      return self._init_jit(np.asarray(jax.random.key_data(jax.random.key(self._seed))))
 
   def load_params(self, *args, **kwargs) -> Any:
     """The params given at construction (JetStream calls this once per engine)."""

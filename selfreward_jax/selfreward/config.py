@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 from selfreward_jax.configlib import ConfigError, from_config, to_config
 from selfreward_jax.data.oasst import OasstConfig
+from selfreward_jax.distributed import DistributedConfig
 from selfreward_jax.model.llama import LlamaConfig
 from selfreward_jax.selfreward.self_instruct import FilterConfig
 from selfreward_jax.sharding import MeshConfig
@@ -172,6 +173,7 @@ class RunConfig:
   sampler: SamplerConfig = SamplerConfig()
   mesh: MeshConfig = MeshConfig()
   eval: EvalConfig = EvalConfig()
+  distributed: DistributedConfig = DistributedConfig()
   synthetic: Optional[Mapping[str, Any]] = None  # options of the synthetic world (see synthetic/)
 
 

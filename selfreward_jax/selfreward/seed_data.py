@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from selfreward_jax.data import oasst
-from selfreward_jax.data.jsonl import DataError, iter_jsonl, write_json, write_jsonl
+from selfreward_jax.data.jsonl import DataError, atomic_open, iter_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ def build(run) -> Dict[str, Any]:
                       f"file {cfg.data.ift_path} (e.g. {sorted(overlap)[0][:60]!r}); they must be disjoint")
     counts = {"ift": len(ift), "eft_prompts": len(groups)}
   train, evals = _split_groups(groups, cfg.data.eft_eval_fraction, cfg.seed)
-  shutil.copyfile(tok_src, os.path.join(seed_dir, "tokenizer.model.tmp"))
-  os.replace(os.path.join(seed_dir, "tokenizer.model.tmp"), os.path.join(seed_dir, "tokenizer.model"))
+  with open(tok_src, "rb") as src, atomic_open(os.path.join(seed_dir, "tokenizer.model"), "wb") as f:
+    shutil.copyfileobj(src, f)
   write_jsonl(os.path.join(seed_dir, "ift.jsonl"), ift)
   write_jsonl(os.path.join(seed_dir, "eft_groups_train.jsonl"), train)
   write_jsonl(os.path.join(seed_dir, "eft_groups_eval.jsonl"), evals)

@@ -28,6 +28,7 @@ import jax
 import optax
 from jax.sharding import Mesh
 
+from selfreward_jax import distributed
 from selfreward_jax.data.batching import Batcher, DataPosition
 from selfreward_jax.data.jsonl import write_json
 from selfreward_jax.model import llama
@@ -35,7 +36,7 @@ from selfreward_jax.train import state as st
 from selfreward_jax.train.checkpoints import Checkpointer
 from selfreward_jax.train.config import TrainConfig
 from selfreward_jax.train.metrics import MetricsLogger, is_finite
-from selfreward_jax.train.step import Objective, TrainStep
+from selfreward_jax.train.step import Objective, TrainStep, put_local_batch
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +142,20 @@ def run_training(spec: LoopSpec, params, train_config: TrainConfig, workdir: str
     state, position, start = _restore_or_init(spec, ckpt, shardings, params, tc.seed)
     del params
     batcher = spec.make_batcher(position)
+    rows = batcher.batch_size // batcher.microbatches
+    batcher.set_local_rows(distributed.process_rows(mesh, rows))  # multi-host: this host's rows
     logger = MetricsLogger(workdir, total_steps=spec.total_steps, start_step=start,
                            tensorboard=tc.tensorboard, progress=tc.progress,
-                           prefix=f"{spec.name}/", enabled=jax.process_index() == 0)
+                           prefix=f"{spec.name}/", enabled=distributed.is_writer())
     metrics = {}
-    batch = batcher.next_batch() if start < spec.total_steps else None
+    next_batch = lambda: put_local_batch(batcher.next_batch(), mesh, rows)
+    batch = next_batch() if start < spec.total_steps else None
     t_prev = time.time()
     for step in range(start, spec.total_steps):
       state, dev_metrics = step_fn(state, batch, spec.extra)
       position = batcher.position  # of the batch after the one just used
       if step + 1 < spec.total_steps:
-        batch = batcher.next_batch()  # overlaps with the device computation
+        batch = next_batch()  # overlaps with the device computation
       metrics, t_prev = _host_metrics(dev_metrics, t_prev)
       _check_finite(spec.name, step + 1, metrics, ckpt)
       logger.log(step + 1, metrics)
@@ -162,11 +166,10 @@ def run_training(spec: LoopSpec, params, train_config: TrainConfig, workdir: str
       if on_step is not None:
         on_step(step + 1, metrics)
     ckpt.wait()
-    if jax.process_index() == 0:
-      write_json(os.path.join(workdir, "summary.json"), {
-          "kind": spec.name, "total_steps": spec.total_steps, "resumed_from": start,
-          "final_metrics": metrics, "wall_time_s": time.time() - t_start,
-          "checkpoints": ckpt.all_steps()})
+    write_json(os.path.join(workdir, "summary.json"), {  # process 0 writes, all wait
+        "kind": spec.name, "total_steps": spec.total_steps, "resumed_from": start,
+        "final_metrics": metrics, "wall_time_s": time.time() - t_start,
+        "checkpoints": ckpt.all_steps()})
     return state
   finally:
     ckpt.close()

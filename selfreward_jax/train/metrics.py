@@ -72,7 +72,7 @@ class MetricsLogger:
     if len(kept) != len(records) or bad:
       log.info("metrics: dropping %d records after the resumed step %d (%d unreadable)",
                len(records) - len(kept), start_step, bad)
-      write_jsonl(self.path, kept)
+      write_jsonl(self.path, kept, shared=False)  # only the enabled process gets here
 
   def log(self, step: int, metrics: Mapping[str, float]) -> None:
     """Records ``metrics`` (python floats) for ``step``."""

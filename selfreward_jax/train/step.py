@@ -70,6 +70,22 @@ def put_batch(batch: Batch, mesh: Mesh) -> Batch:
   return out
 
 
+def put_local_batch(batch: Batch, mesh: Mesh, rows_per_micro: int) -> Batch:
+  """This process's rows of a batch -> global sharded device arrays.
+
+  ``batch``: arrays ``[M, r, ...]`` holding rows ``distributed.process_rows(mesh,
+  rows_per_micro)`` of each microbatch (all ``rows_per_micro`` rows in a single-process run);
+  the global ``[M, rows_per_micro, ...]`` arrays are assembled with
+  ``jax.make_array_from_process_local_data``, so no process ever holds another's rows.
+  """
+  out = {}
+  global_rows = {k: (np.shape(v)[0], rows_per_micro) + np.shape(v)[2:] for k, v in batch.items()}
+  check_batch({k: np.empty(shape, np.int8) for k, shape in global_rows.items()}, mesh)
+  for k, sh in batch_shardings(batch, mesh).items():
+    out[k] = jax.make_array_from_process_local_data(sh, np.asarray(batch[k]), global_rows[k])
+  return out
+
+
 def _accumulate(objective: Objective, params, batch: Batch, rng, extra, denom, param_sh):
   """Sum over microbatches of grad(loss_sum / denom); returns (loss, aux sums, grads)."""
   micro0 = jax.tree.map(lambda x: x[0], batch)

@@ -1,0 +1,157 @@
+"""Multi-host: two real JAX processes on loopback (4 fake CPU devices each) form one global mesh
+of 8 devices; a sharded SFT run (with checkpoint, resume, model save/load), the Sampler and the HF
+export give the same results as one process with 8 devices, each process materialises only its own
+batch rows, and shared files are written once (by process 0) and seen by both.
+
+The work itself is in ``multihost_worker.py`` (each process is a fresh Python)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_train_support import REPO, make_tokenizer, sft_records, write_lines
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir, nproc, timeout=900):
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)
+  port = str(_free_port())
+  procs = [subprocess.Popen([sys.executable, WORKER, str(workdir), str(nproc), str(i), port],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i in range(nproc)]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=timeout)[0])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f"process {i} of {nproc} failed (rc={p.returncode}):\n{out[-8000:]}"
+  return [json.loads((workdir / f"result-{nproc}-{i}.json").read_text()) for i in range(nproc)]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+  d = tmp_path_factory.mktemp("multihost")
+  make_tokenizer(str(d))
+  write_lines(str(d / "sft.jsonl"), sft_records(40, prompt_words=4, response_words=6))
+  single = _launch(d, 1)
+  multi = _launch(d, 2)
+  return d, single[0], multi
+
+
+def test_two_processes_form_one_mesh_and_hold_half_the_batch_each(results):
+  _, single, multi = results
+  assert not single["multi"] and all(r["multi"] for r in multi)
+  assert single["local_rows"] == [0, 8]
+  assert sorted(tuple(r["local_rows"]) for r in multi) == [(0, 4), (4, 8)]
+  assert multi[0]["gathered"] == multi[1]["gathered"] == [{"p": 0}, {"p": 1}]
+
+
+def test_sharded_sft_with_resume_equals_the_single_process_run(results):
+  _, single, multi = results
+  assert sorted(single["losses"], key=int) == ["1", "2", "3", "4", "5"]
+  for r in multi:
+    assert r["losses"].keys() == single["losses"].keys()
+    for step, loss in single["losses"].items():
+      np.testing.assert_allclose(r["losses"][step], loss, rtol=1e-5, err_msg=f"step {step}")
+    for key in ("checksums_3", "checksums_5", "checksums_loaded"):
+      np.testing.assert_allclose(r[key], single[key], rtol=1e-5, err_msg=key)
+    assert r["checksums_loaded"] == r["checksums_5"]  # save_model / load_model round trip
+  losses = [single["losses"][str(s)] for s in range(1, 6)]
+  assert losses[-1] < losses[0]  # it trains
+
+
+def test_sampler_on_the_global_mesh_equals_the_single_process_sampler(results):
+  _, single, multi = results
+  for r in multi:
+    assert r["greedy"] == single["greedy"]
+    assert r["sampled"] == single["sampled"]
+  assert all(len(s) > 0 for per in single["greedy"] for s in per)
+  assert len({tuple(s) for per in single["sampled"] for s in per}) > 1
+
+
+def test_shared_files_written_once_and_visible_to_every_process(results):
+  d, single, multi = results
+  for r in multi:
+    assert r["shared_json_seen"] == {"written_by": 0}
+  run2 = d / "run2"
+  assert not [n for n in os.listdir(run2) if ".tmp" in n]  # no temp files left behind
+  # the trainer's files come from process 0 only; the HF export equals the single-process one
+  assert (run2 / "sft" / "metrics.jsonl").read_text().count("\n") == 5
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  a = load_file(str(d / "run1" / "hf" / "model.safetensors"))
+  b = load_file(str(run2 / "hf" / "model.safetensors"))
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def _run_main(root, nproc, workdir, timeout=1200):
+  """``python -m selfreward_jax.main`` on the loop fixture's tiny run, in ``nproc`` processes with
+  8 devices in all; each process loads the fixture config from its own files directory."""
+  port = str(_free_port())
+  procs = []
+  for i in range(nproc):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               SRJ_TEST_ROOT=str(root / f"files-{nproc}-{i}"), JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // nproc}")
+    args = [sys.executable, "-m", "selfreward_jax.main",
+            f"--config={os.path.join(REPO, 'tests', 'loop_fixture.py')}", f"--workdir={workdir}",
+            "--config.mesh.fsdp=4", "--config.mesh.tensor=2"]
+    if nproc > 1:
+      args += ["--config.distributed.initialize=yes",
+               f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+               f"--config.distributed.num_processes={nproc}", f"--config.distributed.process_id={i}"]
+    procs.append(subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=timeout)[0])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f"main process {i} of {nproc} failed (rc={p.returncode}):\n{out[-8000:]}"
+  return outs
+
+
+def _lines(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_main_in_two_processes_writes_the_artifacts_of_one(tmp_path):
+  """The whole loop (seed, SFT, two iterations of prompts/candidates/judge/pairs/DPO, eval,
+  report) through ``main`` in two processes equals the single-process run."""
+  one, two = tmp_path / "one", tmp_path / "two"
+  _run_main(tmp_path, 1, one)
+  outs = _run_main(tmp_path, 2, two)
+  assert "[process 1]" in outs[1]
+  assert "model" in outs[0] and "model" not in outs[1].split("\n")[-3]  # table from process 0 only
+  for t in (1, 2):
+    for name in ("prompts.jsonl", "candidates.jsonl", "pairs.jsonl"):
+      assert _lines(two / f"iter{t}" / name) == _lines(one / f"iter{t}" / name), (t, name)
+    a = _lines(one / "train" / f"iter{t}.dpo" / "metrics.jsonl")
+    b = _lines(two / "train" / f"iter{t}.dpo" / "metrics.jsonl")
+    np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-4)
+  ra, rb = json.loads((one / "report.json").read_text()), json.loads((two / "report.json").read_text())
+  assert [r["model"] for r in rb["table"]] == [r["model"] for r in ra["table"]]
+  assert not [p for p in two.rglob("*") if ".tmp" in p.name]
