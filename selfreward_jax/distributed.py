@@ -150,6 +150,33 @@ def check_same(name: str, obj: Any) -> None:
                        f"processes {bad} have {[values[i] for i in bad]!r}")
 
 
+def check_shared_dir(directory: str) -> None:
+  """Raises ``RuntimeError`` unless every process sees the same ``directory`` (a collective; no-op
+  in one process): process 0 writes a probe file with a random token, the others must read it."""
+  if not is_multiprocess():
+    return
+  os.makedirs(directory, exist_ok=True)
+  probe = os.path.join(directory, ".shared-dir-probe")
+  token = broadcast_json(os.urandom(8).hex() if is_writer() else None)
+  if is_writer():
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write(token)
+  barrier("check_shared_dir written")
+  try:
+    with open(probe, encoding="utf-8") as f:
+      seen = f.read()
+  except OSError:
+    seen = None
+  seen_all = allgather_json(seen == token)
+  if is_writer():
+    os.remove(probe)
+  missing = [i for i, ok in enumerate(seen_all) if not ok]
+  if missing:
+    raise RuntimeError(f"{directory} is not shared: processes {missing} do not see the file process "
+                       "0 wrote there. A multi-host run needs its workdir on a filesystem every host "
+                       "mounts (NFS/Filestore, or a gcsfuse mount of a bucket)")
+
+
 def process_rows(mesh, rows: int, axes: Sequence[str] = ("data", "fsdp")) -> Tuple[int, int]:
   """``[lo, hi)``: the rows of a ``[rows, ...]`` batch sharded over ``axes`` of ``mesh`` that this
   process's devices hold (all rows in a single-process run). Raises ``ValueError`` if they are not

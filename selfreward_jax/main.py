@@ -88,6 +88,11 @@ def main(argv) -> int:
     _tag_log_lines(f"[process {distributed.process_index()}] ")
   workdir = _WORKDIR.value or os.path.join("workdir", name)
   log.info("run %s in %s: stages %s", name, os.path.abspath(workdir), ",".join(stages))
+  try:
+    distributed.check_shared_dir(workdir)
+  except RuntimeError as e:
+    log.error("%s", e)
+    return 2
   run = loop.SelfRewardingRun(cfg, workdir)
   try:
     run.run(stages)

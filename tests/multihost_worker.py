@@ -95,6 +95,12 @@ write_json(os.path.join(out_dir, "shared.json"), {"written_by": jax.process_inde
 result["shared_json_seen"] = read_json(os.path.join(out_dir, "shared.json"))
 save_hf_checkpoint(os.path.join(out_dir, "hf"), config, loaded, overwrite=True)
 result["gathered"] = distributed.allgather_json({"p": jax.process_index()})
+distributed.check_shared_dir(out_dir)  # shared: passes
+try:  # a directory per process, as on hosts with local disks only
+  distributed.check_shared_dir(os.path.join(workdir, f"local-{nproc}-{jax.process_index()}"))
+  result["unshared_error"] = None
+except RuntimeError as e:
+  result["unshared_error"] = str(e)
 
 with open(os.path.join(workdir, f"result-{nproc}-{jax.process_index()}.json"), "w") as f:
   json.dump(result, f)

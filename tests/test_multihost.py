@@ -63,6 +63,43 @@ def test_two_processes_form_one_mesh_and_hold_half_the_batch_each(results):
   assert multi[0]["gathered"] == multi[1]["gathered"] == [{"p": 0}, {"p": 1}]
 
 
+def test_a_workdir_that_is_not_shared_is_refused_with_a_clear_error(results):
+  _, single, multi = results
+  assert single["unshared_error"] is None
+  for r in multi:
+    assert "is not shared: processes [1]" in r["unshared_error"], r["unshared_error"]
+
+
+def test_batcher_local_rows_partition_the_global_batch():
+  from selfreward_jax.data.batching import Batcher  # pylint: disable=g-import-not-at-top
+  lengths = [3, 5, 2, 7, 4, 6, 1, 8, 5, 3, 2, 6]
+  collate = lambda rows, length: {"ids": np.asarray([[r[0], length] for r in rows], np.int32)}
+  kw = dict(batch_size=8, microbatches=2, buckets=(8, 16), seed=3)
+  full = Batcher(lengths, collate, **kw)
+  parts = [Batcher(lengths, collate, local_rows=lr, **kw) for lr in ((0, 1), (1, 3), (3, 4))]
+  for _ in range(3):
+    want = full.next_batch()["ids"]
+    got = np.concatenate([p.next_batch()["ids"] for p in parts], axis=1)
+    np.testing.assert_array_equal(got, want)  # [M, rows, 2]: same rows, same padded length
+  assert all(p.position == full.position for p in parts)
+  with pytest.raises(ValueError, match="local_rows"):
+    Batcher(lengths, collate, local_rows=(2, 2), **kw)
+
+
+def test_distributed_config_auto_detection():
+  from selfreward_jax.distributed import DistributedConfig  # pylint: disable=g-import-not-at-top
+  auto = DistributedConfig()
+  assert not auto.wanted({})
+  assert auto.wanted({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"})
+  assert auto.wanted({"TPU_WORKER_HOSTNAMES": "w0,w1"})
+  assert not auto.wanted({"TPU_WORKER_HOSTNAMES": "w0"})
+  assert DistributedConfig(num_processes=2).wanted({})
+  assert DistributedConfig(initialize="yes").wanted({}) and not DistributedConfig(
+      initialize="no", coordinator_address="h:1").wanted({})
+  with pytest.raises(ValueError, match="initialize"):
+    DistributedConfig(initialize="sometimes")
+
+
 def test_sharded_sft_with_resume_equals_the_single_process_run(results):
   _, single, multi = results
   assert sorted(single["losses"], key=int) == ["1", "2", "3", "4", "5"]
