@@ -15,12 +15,16 @@
 #   --workdir W       run directory: a path on the workers, or gs://bucket/dir (the run writes to
 #                     a local directory on the workers; worker 0 pulls it from and pushes it to
 #                     the bucket before and after the run, so a rerun resumes)       [WORKDIR]
+#   --shared-dir D    a directory every worker mounts (NFS/Filestore, gcsfuse): the run uses it as
+#                     its workdir directly (no rsync). Needed on multi-host slices, where every
+#                     worker must see the files process 0 writes       [SHARED_DIR]
 #   --args "..."      extra flags for selfreward_jax.main, e.g. "--stages=iter1"  [MAIN_ARGS]
 #   --spot            create a Spot TPU                             [SPOT=1]
 #   --dry-run         print every command instead of running it     [DRY_RUN=1]
 #
-# Multi-host slices: every worker runs the same command (--worker=all); JAX finds the other hosts
-# of a TPU slice by itself (jax.distributed.initialize() needs no arguments there).
+# Multi-host slices: every worker runs the same command (--worker=all) with
+# --config.distributed.initialize=yes; JAX finds the other hosts of a TPU slice by itself. Give
+# --shared-dir: main refuses (exit 2) a workdir that not every worker sees.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,6 +40,7 @@ RUNTIME_VERSION="${RUNTIME_VERSION:-tpu-ubuntu2204-base}"
 CONFIG="${CONFIG:-configs/llama2_7b.py}"
 WORKDIR="${WORKDIR:-}"
 MAIN_ARGS="${MAIN_ARGS:-}"
+SHARED_DIR="${SHARED_DIR:-}"
 SPOT="${SPOT:-0}"
 DRY_RUN="${DRY_RUN:-0}"
 JAX_TPU_SPEC="${JAX_TPU_SPEC:-jax[tpu]>=0.10,<0.11}"
@@ -55,6 +60,7 @@ while [[ $# -gt 0 ]]; do
     --config) CONFIG="$2"; shift 2 ;;
     --workdir) WORKDIR="$2"; shift 2 ;;
     --args) MAIN_ARGS="$2"; shift 2 ;;
+    --shared-dir) SHARED_DIR="$2"; shift 2 ;;
     --spot) SPOT=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -69,7 +75,10 @@ require ZONE "${ZONE}" --zone
 WORKDIR="${WORKDIR:-workdir/$(basename "${CONFIG}" .py)}"
 
 # the run's directory on the workers (relative paths are under the remote home directory)
-if [[ "${WORKDIR}" == gs://* ]]; then
+if [[ -n "${SHARED_DIR}" ]]; then
+  [[ "${WORKDIR}" != gs://* ]] || die "--shared-dir and a gs:// --workdir exclude each other"
+  LOCAL_WORKDIR="${SHARED_DIR}"
+elif [[ "${WORKDIR}" == gs://* ]]; then
   LOCAL_WORKDIR="workdir/${TPU_NAME}"
 else
   LOCAL_WORKDIR="${WORKDIR}"
@@ -123,7 +132,8 @@ step_run() {
     push="; rc=\$?; if [ \"\$(${WORKER_NUMBER})\" = 0 ]; then gcloud storage rsync -r ${LOCAL_WORKDIR} ${WORKDIR}; fi; exit \$rc"
   fi
   on_workers all "nohup bash -c 'venv/bin/python -m selfreward_jax.main \
---config=${REMOTE_CONFIG} --workdir=${LOCAL_WORKDIR}${MAIN_ARGS:+ ${MAIN_ARGS}}${push}' > ${LOG} 2>&1 &"
+--config=${REMOTE_CONFIG} --workdir=${LOCAL_WORKDIR} --config.distributed.initialize=yes\
+${MAIN_ARGS:+ ${MAIN_ARGS}}${push}' > ${LOG} 2>&1 &"
 }
 
 step_logs() {

@@ -44,8 +44,10 @@ class DistributedConfig:
     ``JAX_COORDINATOR_ADDRESS``, when ``num_processes > 1``, or on a multi-host Cloud TPU slice
     (``TPU_WORKER_HOSTNAMES`` lists several workers); "yes": always (with no address, JAX detects
     the cluster: Cloud TPU, SLURM, Open MPI, Kubernetes); "no": never.
-  coordinator_address: "host:port" of process 0 (empty: from the environment / auto-detected).
-  num_processes, process_id: 0 / -1 = auto-detect.
+  coordinator_address: "host:port" of process 0 (empty: ``JAX_COORDINATOR_ADDRESS``, else
+    auto-detected by JAX).
+  num_processes, process_id: 0 / -1: from ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` when set
+    (our convention for GPU nodes without a cluster manager), else auto-detected by JAX.
   local_device_ids: devices this process uses (empty: all of its devices).
   timeout_s: how long to wait for every process to join.
   """
@@ -70,7 +72,8 @@ class DistributedConfig:
       return self.initialize == "yes"
     workers = [w for w in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if w.strip()]
     return bool(self.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
-                or self.num_processes > 1 or len(workers) > 1)
+                or self.num_processes > 1 or int(env.get("JAX_NUM_PROCESSES") or 0) > 1
+                or len(workers) > 1)
 
 
 def initialize(config: DistributedConfig = DistributedConfig()) -> bool:
@@ -84,10 +87,13 @@ def initialize(config: DistributedConfig = DistributedConfig()) -> bool:
   kwargs = {"initialization_timeout": config.timeout_s}
   if config.coordinator_address:
     kwargs["coordinator_address"] = config.coordinator_address
-  if config.num_processes:
-    kwargs["num_processes"] = config.num_processes
-  if config.process_id >= 0:
-    kwargs["process_id"] = config.process_id
+  num_processes = config.num_processes or int(os.environ.get("JAX_NUM_PROCESSES") or 0)
+  process_id = config.process_id if config.process_id >= 0 else int(
+      os.environ.get("JAX_PROCESS_ID") or -1)
+  if num_processes:
+    kwargs["num_processes"] = num_processes
+  if process_id >= 0:
+    kwargs["process_id"] = process_id
   if config.local_device_ids:
     kwargs["local_device_ids"] = list(config.local_device_ids)
   jax.distributed.initialize(**kwargs)

@@ -34,7 +34,7 @@ def test_shellcheck():
 def _dry(*args, env=None):
   e = {k: v for k, v in os.environ.items() if k not in (
       "PROJECT", "ZONE", "TPU_NAME", "ACCELERATOR_TYPE", "CONFIG", "WORKDIR", "MAIN_ARGS", "SPOT",
-      "RUNTIME_VERSION")}
+      "RUNTIME_VERSION", "SHARED_DIR")}
   e["DRY_RUN"] = "1"
   e.update(env or {})
   out = subprocess.run(["bash", TPU, *args], cwd=REPO, capture_output=True, text=True, env=e,
@@ -68,13 +68,26 @@ def test_dry_run_up_and_delete_prints_every_command():
   run = cmds[6][9]
   assert cmds[6][8] == "--worker=all" and run.startswith("--command=nohup bash -c ")
   assert ("venv/bin/python -m selfreward_jax.main --config=selfreward_run_config.py "
-          "--workdir=workdir/sr70 --stages=iter1;") in run
+          "--workdir=workdir/sr70 --config.distributed.initialize=yes --stages=iter1;") in run
   assert "gcloud storage rsync -r workdir/sr70 gs://bkt/sr70" in run and "> selfreward_run.log" in run
   subprocess.run(["bash", "-n", "-c", run[len("--command="):]], check=True)  # valid shell
   assert cmds[7] == tpu + ["ssh", "sr70", *where, "--worker=0",
                            "--command=tail -n +1 -F selfreward_run.log"]
   assert cmds[8] == tpu + ["delete", "sr70", *where, "--quiet"]
   assert len(cmds) == 9
+
+
+def test_shared_dir_is_the_workdir_of_every_worker_without_rsync():
+  out = _dry("--project", "p", "--zone", "z", "--accelerator", "v4-32", "--name", "n",
+             "--shared-dir", "/mnt/nfs/run1", "run")
+  assert out.returncode == 0, out.stderr
+  (cmd,) = _commands(out.stdout)
+  assert cmd[8] == "--worker=all" and "rsync" not in cmd[9]
+  assert ("--workdir=/mnt/nfs/run1 --config.distributed.initialize=yes' > selfreward_run.log"
+          in cmd[9])
+  bad = _dry("--project", "p", "--zone", "z", "--shared-dir", "/mnt/x", "--workdir", "gs://b/x",
+             "run")
+  assert bad.returncode != 0 and "exclude each other" in bad.stderr
 
 
 def test_env_configures_and_dry_run_flag():
@@ -84,7 +97,7 @@ def test_env_configures_and_dry_run_flag():
   assert out.returncode == 0, out.stderr
   (cmd,) = _commands(out.stdout)
   assert cmd[4:8] == ["ssh", "n", "--project=p", "--zone=z"]
-  assert "--workdir=/data/run' > selfreward_run.log 2>&1 &" in cmd[-1]
+  assert "--workdir=/data/run --config.distributed.initialize=yes' > selfreward_run.log 2>&1 &" in cmd[-1]
   assert "rsync" not in cmd[-1]
 
 

@@ -94,6 +94,7 @@ def test_distributed_config_auto_detection():
   assert auto.wanted({"TPU_WORKER_HOSTNAMES": "w0,w1"})
   assert not auto.wanted({"TPU_WORKER_HOSTNAMES": "w0"})
   assert DistributedConfig(num_processes=2).wanted({})
+  assert auto.wanted({"JAX_NUM_PROCESSES": "4"}) and not auto.wanted({"JAX_NUM_PROCESSES": "1"})
   assert DistributedConfig(initialize="yes").wanted({}) and not DistributedConfig(
       initialize="no", coordinator_address="h:1").wanted({})
   with pytest.raises(ValueError, match="initialize"):
