@@ -25,6 +25,9 @@ _EXPORTS = {
     "shard_params": "selfreward_jax.sharding",
     "init_sharded_params": "selfreward_jax.sharding",
     "batch_sharding": "selfreward_jax.sharding",
+    # multi-host
+    "DistributedConfig": "selfreward_jax.distributed",
+    "initialize_distributed": "selfreward_jax.distributed",
     # tokenizer
     "Tokenizer": "selfreward_jax.tokenizer",
     "train_sentencepiece": "selfreward_jax.tokenizer",

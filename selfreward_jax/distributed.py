@@ -102,6 +102,9 @@ def initialize(config: DistributedConfig = DistributedConfig()) -> bool:
   return is_multiprocess()
 
 
+initialize_distributed = initialize  # the name exported by the package
+
+
 def is_multiprocess() -> bool:
   """True in a run of several JAX processes (never initialises a backend by itself)."""
   return jax.distributed.is_initialized() and jax.process_count() > 1
