@@ -7,7 +7,7 @@ CPU devices, so the processes form one global mesh of 8 devices; with 1 it runs 
 devices. On the (data 2, fsdp 2, tensor 2) mesh it: trains SFT for 3 steps from a seeded init
 (checkpoints at steps 2 and 3), resumes the same run to 5 steps, saves and reloads the model with
 ``save_model``/``load_model``, samples greedy and T=0.7/top-p 0.9 continuations with the
-``Sampler``, writes a shared JSON file and an HF export (process 0 writes), and records everything
+``Sampler`` (on the training mesh and on a mesh with one params replica per host), writes a shared JSON file and an HF export (process 0 writes), and records everything
 in ``WORKDIR/result-<process>.json``. ``WORKDIR`` holds ``tok.model`` and ``sft.jsonl`` (made by the
 test).
 """
@@ -90,6 +90,16 @@ prompts = [tok.encode(t, bos=True) for t in
 result["greedy"] = sampler.generate(prompts, max_new_tokens=10)
 result["sampled"] = sampler.generate(prompts, max_new_tokens=10, num_samples=3, temperature=0.7,
                                      top_p=0.9, seed=1)
+
+# a sampling mesh with one replica of the params per host (tensor parallel inside it): the decode
+# slots are split over the hosts; the params are resharded from the training mesh
+smesh = shd.make_mesh(shd.MeshConfig(data=2, fsdp=1, tensor=4))
+replicas = jax.device_put(loaded, shd.param_shardings(config, smesh))
+result["replica_rows"] = list(distributed.process_rows(smesh, 4))
+sampler = Sampler(config, replicas, max_concurrent=4, max_prefill_length=32, max_decode_length=48,
+                  mesh=smesh, steps_per_sync=4)
+result["sampled_replicas"] = sampler.generate(prompts, max_new_tokens=10, num_samples=3,
+                                              temperature=0.7, top_p=0.9, seed=1)
 
 write_json(os.path.join(out_dir, "shared.json"), {"written_by": jax.process_index()})
 result["shared_json_seen"] = read_json(os.path.join(out_dir, "shared.json"))

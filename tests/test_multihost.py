@@ -120,6 +120,8 @@ def test_sampler_on_the_global_mesh_equals_the_single_process_sampler(results):
   for r in multi:
     assert r["greedy"] == single["greedy"]
     assert r["sampled"] == single["sampled"]
+    assert r["sampled_replicas"] == single["sampled"]  # one replica per host, slots split
+  assert sorted(tuple(r["replica_rows"]) for r in multi) == [(0, 2), (2, 4)]
   assert all(len(s) > 0 for per in single["greedy"] for s in per)
   assert len({tuple(s) for per in single["sampled"] for s in per}) > 1
 
@@ -152,7 +154,9 @@ def _run_main(root, nproc, workdir, timeout=1200):
     args = [sys.executable, "-m", "selfreward_jax.main",
             f"--config={os.path.join(REPO, 'tests', 'loop_fixture.py')}", f"--workdir={workdir}",
             "--config.mesh.fsdp=4", "--config.mesh.tensor=2"]
-    if nproc > 1:
+    if nproc > 1:  # and sample on one params replica per process
+      args += ["--config.sampler.separate_mesh=True", "--config.sampler.mesh.data=2",
+               "--config.sampler.mesh.fsdp=1", "--config.sampler.mesh.tensor=4"]
       args += ["--config.distributed.initialize=yes",
                f"--config.distributed.coordinator_address=127.0.0.1:{port}",
                f"--config.distributed.num_processes={nproc}", f"--config.distributed.process_id={i}"]
@@ -178,7 +182,8 @@ def _lines(path):
 @pytest.mark.slow
 def test_main_in_two_processes_writes_the_artifacts_of_one(tmp_path):
   """The whole loop (seed, SFT, two iterations of prompts/candidates/judge/pairs/DPO, eval,
-  report) through ``main`` in two processes equals the single-process run."""
+  report) through ``main`` in two processes, sampling on one params replica per process, equals
+  the single-process run on the training mesh."""
   one, two = tmp_path / "one", tmp_path / "two"
   _run_main(tmp_path, 1, one)
   outs = _run_main(tmp_path, 2, two)

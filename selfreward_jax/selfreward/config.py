@@ -120,11 +120,21 @@ class LoopConfig:
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
   """Decode slots and cache sizes (``max_decode_length`` = prompt + continuation, at most the
-  model's ``max_seq_len``; ``max_prefill_length`` a power of two)."""
+  model's ``max_seq_len``; ``max_prefill_length`` a power of two).
+
+  separate_mesh: sample on ``mesh`` instead of the training mesh (the params are resharded
+    once per model). Decode steps on an fsdp-sharded model gather the weights every step; a
+    sampling mesh with the weights replicated over ``data`` (e.g. one replica per host, tensor
+    parallel within it: ``data=<hosts>, fsdp=1, tensor=<chips per host>``) keeps each step's
+    traffic inside a replica group, and the decode slots are split over the groups (the hosts).
+    Each group must hold a whole copy of the params.
+  """
 
   max_concurrent: int = 32
   max_prefill_length: int = 256
   max_decode_length: int = 512
+  separate_mesh: bool = False
+  mesh: MeshConfig = MeshConfig(data=-1, fsdp=1, tensor=1)
 
 
 @dataclasses.dataclass(frozen=True)

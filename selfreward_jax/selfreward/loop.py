@@ -112,6 +112,7 @@ class SelfRewardingRun:
     self.workdir = os.path.abspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
     self._mesh = mesh
+    self._sample_mesh = None
     self._tokenizer = None
     self._sampler = None
     self._current: Optional[Tuple[str, Any, Any]] = None  # (model name, config, params)
@@ -153,10 +154,29 @@ class SelfRewardingRun:
       self._tokenizer = Tokenizer(path)
     return self._tokenizer
 
-  def load(self, name: str):
-    """``(config, params)`` of a model of this run (M0, SFT, M1, ...), cached while current."""
+  @property
+  def sample_mesh(self):
+    """The sampler's mesh: ``config.sampler.mesh`` with ``separate_mesh``, else the training mesh."""
+    if not self.cfg.sampler.separate_mesh:
+      return self.mesh
+    if self._sample_mesh is None:
+      from selfreward_jax import sharding as shd
+      self._sample_mesh = shd.make_mesh(self.cfg.sampler.mesh)
+    return self._sample_mesh
+
+  def load(self, name: str, mesh=None):
+    """``(config, params)`` of a model of this run (M0, SFT, M1, ...) on ``mesh`` (default: the
+    training mesh), cached while current (a cached model on another mesh is resharded)."""
+    mesh = self.mesh if mesh is None else mesh
     if self._current is not None and self._current[0] == name:
-      return self._current[1], self._current[2]
+      config, params = self._current[1], self._current[2]
+      if _mesh_of(params) != mesh:
+        import jax
+        from selfreward_jax import sharding as shd
+        self._current = None
+        params = jax.device_put(params, shd.param_shardings(config, mesh), donate=True)
+        self._current = (name, config, params)
+      return config, params
     from selfreward_jax.checkpoint import params as ckpt
     path = self.cfg.loop.prompt_model if name == PROMPT_MODEL else self.model_dir(name)
     if not os.path.isdir(path):
@@ -164,9 +184,9 @@ class SelfRewardingRun:
     self._current = None  # release the previous model before loading
     from selfreward_jax.selfreward import seed_data
     if os.path.isfile(os.path.join(path, seed_data.LINK_FILE)):
-      config, params = seed_data.load_linked(path, self.mesh)
+      config, params = seed_data.load_linked(path, mesh)
     else:
-      config, params = ckpt.load_model(path, self.mesh)
+      config, params = ckpt.load_model(path, mesh)
     self._current = (name, config, params)
     return config, params
 
@@ -181,7 +201,7 @@ class SelfRewardingRun:
     if self._sampler is None or self._sampler.config != config:
       self._sampler = Sampler(config, params, max_concurrent=sc.max_concurrent,
                               max_prefill_length=sc.max_prefill_length,
-                              max_decode_length=sc.max_decode_length, mesh=self.mesh)
+                              max_decode_length=sc.max_decode_length, mesh=self.sample_mesh)
     else:
       self._sampler.update_params(params)
     return self._sampler
@@ -190,7 +210,7 @@ class SelfRewardingRun:
                      sampling, seed: int) -> List[Optional[List[str]]]:
     """Decoded samples per prompt; None for a prompt that does not fit the sampler (longer than
     ``max_prefill_length`` or than the cache allows): never cut; each stage records and counts them."""
-    config, params = self.load(name)
+    config, params = self.load(name, self.sample_mesh)
     tok = self.tokenizer()
     sampler = self.sampler(config, params)
     sc = self.cfg.sampler
@@ -589,6 +609,13 @@ class SelfRewardingRun:
         stats[s] = read_json(m)["stats"]
     stats.update(extra)
     write_json(self.idir(t, "stats.json"), stats)
+
+
+def _mesh_of(params):
+  """The mesh of a param pytree's first leaf (None if it is not on a named sharding)."""
+  import jax
+  leaf = jax.tree.leaves(params)[0]
+  return getattr(getattr(leaf, "sharding", None), "mesh", None)
 
 
 def _ranking_agrees(scores: Sequence[float], ranks: Sequence[int]) -> bool:
