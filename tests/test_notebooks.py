@@ -1,6 +1,10 @@
 """The notebooks run top to bottom (nbclient, the python3 kernel of this interpreter) on their
-tiny settings, and are stored with outputs cleared."""
+tiny settings, and are stored with outputs cleared. The quickstart runs exactly as a user would
+run it (its own ``FAST`` settings) and must reach DPO: iteration 1 makes preference pairs, M2 is
+trained, and the report has a row for each of M0, SFT, M1 and M2."""
 
+import glob
+import json
 import os
 import sys
 import time
@@ -14,7 +18,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOKS = ("quickstart.ipynb", "hf_judge_and_sample.ipynb")
-TIMEOUT_S = 300  # per cell; each notebook takes ~30-90 s on 2 CPU cores
+TIMEOUT_S = 300  # per cell; hf_judge_and_sample takes ~30-60 s on 2 CPU cores, quickstart ~1-2.5 min
 
 
 def _kernel_name() -> str:
@@ -61,7 +65,27 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
                    for o in c.outputs if o.get("output_type") == "stream")
   assert "selfreward_jax from" in text
   if name == "quickstart.ipynb":
-    assert "iter1" in text
+    _check_quickstart_reached_dpo(tmp_path, text)
   else:
     assert "scores [" in text and "->" in text
   print(f"{name}: {seconds:.0f} s")
+
+
+def _check_quickstart_reached_dpo(tmp_path, text: str) -> None:
+  """Iteration 1 of the quickstart's run (its workdir under the kernel's TMPDIR) made pairs and
+  trained M2 on them, and the report compares M0, SFT, M1 and M2."""
+  assert "stopped early" not in text, text[-2000:]
+  workdirs = glob.glob(os.path.join(str(tmp_path), "selfreward_quickstart*"))
+  assert len(workdirs) == 1, workdirs
+  with open(os.path.join(workdirs[0], "iter1", "stats.json")) as f:
+    stats = json.load(f)
+  assert stats["pairs"]["pairs"] > 0, stats["pairs"]
+  assert stats["dpo"]["data"]["kept"] > 0, stats["dpo"]
+  with open(os.path.join(workdirs[0], "report.json")) as f:
+    rows = {r["model"]: r for r in json.load(f)["table"]}
+  assert list(rows) == ["M0", "SFT", "M1", "M2"], list(rows)
+  assert rows["M1"]["pairs"] == stats["pairs"]["pairs"]
+  assert f"iter1: {stats['pairs']['pairs']} preference pairs -> DPO -> M2" in text
+  print(f"quickstart: {stats['pairs']['pairs']} pairs, judge parse rate "
+        f"{stats['judge']['parse_rate']:.2f}; oracle accuracy "
+        + ", ".join(f"{m} {r['oracle_accuracy']:.3f}" for m, r in rows.items()))
