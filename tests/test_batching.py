@@ -2,6 +2,7 @@
 deterministic shuffling and resumable positions."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -53,6 +54,34 @@ def test_skip_rules_are_counted_with_lines(tok, tmp_path):
   assert dict(pstats.skipped) == {"identical_pair": 1, "empty_response": 1, "too_long": 1}
   assert (got[0].chosen_ids[got[0].chosen_mask == 0] ==
           got[0].rejected_ids[got[0].rejected_mask == 0]).all()  # shared prompt
+
+
+def test_skip_log_line_reports_the_counts_of_data_stats(tok, tmp_path, caplog):
+  """``SkipStats.log`` states exactly what ``to_dict`` (data_stats.json) records: kept, total and
+  each skip reason; an info line when nothing was skipped, a warning otherwise."""
+  caplog.set_level(logging.INFO)
+  logger = logging.getLogger("test_batching.skips")
+  clean = write_lines(tmp_path / "clean.jsonl", sft_records(3))
+  _, stats = batching.load_sft_examples(clean, tok, 128)
+  stats.log(logger)
+  (rec,) = caplog.records
+  assert rec.levelno == logging.INFO
+  assert rec.getMessage() == f"{clean}: 3 examples, none skipped"
+  assert stats.to_dict()["kept"] == 3 and stats.to_dict()["skipped"] == {}
+  caplog.clear()
+  long = " ".join(["the cat"] * 200)
+  pairs = write_lines(tmp_path / "p.jsonl", pair_records(3) + [
+      {"prompt": "p", "chosen": "same", "rejected": " same"}, {"prompt": long, "chosen": "a",
+                                                               "rejected": "b"}])
+  _, pstats = batching.load_preference_pairs(pairs, tok, 128)
+  pstats.log(logger)
+  (rec,) = caplog.records
+  d = pstats.to_dict()
+  assert rec.levelno == logging.WARNING and d["kept"] == 3
+  assert rec.getMessage().startswith(f"{pairs}: kept 3 of 5 examples; skipped ")
+  for reason, n in d["skipped"].items():
+    assert f"{reason}={n} (e.g. lines {d['first_skipped_lines'][reason][:3]})" in rec.getMessage()
+  assert d["skipped"] == {"identical_pair": 1, "too_long": 1}
 
 
 @pytest.mark.parametrize("line,match", [

@@ -1,10 +1,12 @@
 """SFT and DPO trainers end to end on a tiny model: SFT overfits a handful of examples, packing
 gives the same loss, DPO drives reward accuracy to 1 with a growing margin, the precomputed and
 in-step references agree, bad input is reported or skipped, a NaN stops training with the last
-good checkpoint intact."""
+good checkpoint intact. Each trainer's kept/skipped log line agrees with its data_stats.json."""
 
 import json
+import logging
 import os
+import re
 
 import jax
 import numpy as np
@@ -38,6 +40,30 @@ def train_config(**kw):
 
 CONST = OptimConfig(learning_rate=3e-3, end_learning_rate=3e-3)
 
+_COUNTS = re.compile(r"(?P<path>.*): (?:(?P<none>\d+) examples, none skipped|"
+                     r"kept (?P<kept>\d+) of (?P<total>\d+) examples; skipped (?P<detail>.*))$")
+
+
+def logged_counts(caplog, data_path):
+  """(kept, {reason: count}) from the one data log line the trainer wrote about ``data_path``."""
+  found = [m for r in caplog.records if r.name.startswith("selfreward_jax.train")
+           for m in [_COUNTS.match(r.getMessage())] if m and m["path"] == str(data_path)]
+  assert len(found) == 1, [r.getMessage() for r in caplog.records]
+  m = found[0]
+  if m["none"] is not None:
+    return int(m["none"]), {}
+  skipped = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+) \(e\.g\. lines", m["detail"])}
+  assert int(m["kept"]) + sum(skipped.values()) == int(m["total"]), m.group(0)
+  return int(m["kept"]), skipped
+
+
+def assert_log_matches_data_stats(caplog, data_path, workdir):
+  """The trainer's log line and ``<workdir>/data_stats.json`` report the same counts."""
+  stats = json.loads((workdir / "data_stats.json").read_text())
+  assert stats["path"] == str(data_path)
+  assert logged_counts(caplog, data_path) == (stats["kept"], stats["skipped"])
+  caplog.clear()
+
 
 def tensorboard_tags(directory):
   """Scalar tags in the TensorBoard event files of ``directory`` (TFRecord framing + Event)."""
@@ -54,7 +80,8 @@ def tensorboard_tags(directory):
   return tags
 
 
-def test_sft_overfits_packing_agrees_and_a_finished_run_is_not_redone(env):
+def test_sft_overfits_packing_agrees_and_a_finished_run_is_not_redone(env, caplog):
+  caplog.set_level(logging.INFO)
   d, tok, config = env
   data = write_lines(d / "sft.jsonl", sft_records(4))
   params = train_sft(config, init_params(config), tok, str(data),
@@ -74,6 +101,7 @@ def test_sft_overfits_packing_agrees_and_a_finished_run_is_not_redone(env):
   summary = json.loads((d / "sft" / "summary.json").read_text())
   assert summary["total_steps"] == 70 and summary["checkpoints"] == [35, 70]
   assert json.loads((d / "sft" / "data_stats.json").read_text())["kept"] == 4
+  assert_log_matches_data_stats(caplog, data, d / "sft")
 
   # rerunning a finished run restores its final params and trains nothing
   calls = []
@@ -93,7 +121,8 @@ def test_sft_overfits_packing_agrees_and_a_finished_run_is_not_redone(env):
   np.testing.assert_allclose(packed["loss"], losses[0], rtol=1e-5)
 
 
-def test_dpo_reaches_full_accuracy_with_growing_margin_and_references_agree(env):
+def test_dpo_reaches_full_accuracy_with_growing_margin_and_references_agree(env, caplog):
+  caplog.set_level(logging.INFO)
   d, tok, config = env
   long = " ".join(["the cat"] * 100)
   recs = pair_records(4) + [{"prompt": "a", "chosen": "same", "rejected": " same "},
@@ -113,6 +142,7 @@ def test_dpo_reaches_full_accuracy_with_growing_margin_and_references_agree(env)
   stats = json.loads((d / "dpo" / "data_stats.json").read_text())
   assert stats["kept"] == 4
   assert stats["skipped"] == {"identical_pair": 1, "empty_response": 1, "too_long": 1}
+  assert_log_matches_data_stats(caplog, data, d / "dpo")
   m = read_metrics(str(d / "dpo"))
   # step 1: policy == reference (precomputed in another batch layout): loss log 2, margin 0
   np.testing.assert_allclose(m[0]["loss"], np.log(2), atol=1e-4)
@@ -136,7 +166,8 @@ def test_dpo_reaches_full_accuracy_with_growing_margin_and_references_agree(env)
                              atol=1e-5)
 
 
-def test_malformed_line_is_reported_with_file_and_line_before_training(env):
+def test_malformed_line_is_reported_with_file_and_line_before_training(env, caplog):
+  caplog.set_level(logging.INFO)
   d, tok, config = env
   path = write_lines(d / "bad.jsonl", sft_records(2) + ['{"prompt": "a", "response": '])
   with pytest.raises(DataError, match=r"bad.jsonl:3: invalid JSON"):
@@ -149,6 +180,7 @@ def test_malformed_line_is_reported_with_file_and_line_before_training(env):
               str(d / "empty"))
   assert json.loads((d / "empty" / "data_stats.json").read_text())["skipped"] == {
       "empty_response": 1}
+  assert_log_matches_data_stats(caplog, empty, d / "empty")
   pairs = write_lines(d / "badpairs.jsonl", pair_records(2) + [{"prompt": "a", "chosen": 1,
                                                                  "rejected": "b"}])
   with pytest.raises(DataError, match=r"badpairs.jsonl:3: field 'chosen': expected str"):
