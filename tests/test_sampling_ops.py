@@ -120,7 +120,8 @@ def test_step_keys_differ_per_step_and_row():
 
 @pytest.mark.parametrize("top_p,top_k", [(0.9, 0), (1.0, 7), (0.95, 40), (0.999, 0)])
 def test_top_cap_fast_path_equals_full_sort(top_p, top_k):
-  """The lax.top_k path (kept set within the cap) and the full-sort fallback keep the same set."""
+  """The lax.top_k path (kept set within the cap) and the exact bisection fallback keep the set of
+  the full-sort reference."""
   rng = np.random.default_rng(3)
   logits = jnp.asarray(rng.normal(size=(6, 300)).astype(np.float32) * np.array(
       [[0.3], [1.0], [3.0], [6.0], [0.05], [2.0]], np.float32))
@@ -129,3 +130,54 @@ def test_top_cap_fast_path_equals_full_sort(top_p, top_k):
   for cap in (8, 300):
     got = jax.jit(ops.sampling_logits, static_argnames="top_cap")(logits, temp, p, k, top_cap=cap)
     np.testing.assert_array_equal(np.isfinite(np.asarray(got)), np.isfinite(np.asarray(full)))
+
+
+def _wide_logits(rows, vocab, seed, ties=False):
+  x = np.random.default_rng(seed).normal(size=(rows, vocab)).astype(np.float32)
+  return np.round(x * 2) / 2 if ties else x * 0.3  # ties (and -0.0) / a nucleus ~ the vocabulary
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_bisection_path_keeps_the_sort_reference_sets(ties):
+  """Nuclei and top-k wider than the top_cap: the exact bisection keeps what the sort keeps,
+  ties at the threshold and -inf logits included."""
+  logits = _wide_logits(12, 500, seed=4, ties=ties)
+  logits[::3, :100] = -np.inf
+  temp = jnp.full(12, 0.7)
+  p = jnp.array([0.9, 0.5, 0.999, 1e-6, 1.0, 0.3, 0.95, 1.0, 0.7, 0.9, 1.0, 0.2], jnp.float32)
+  k = jnp.array([0, 0, 0, 0, 200, 300, 450, 499, 500, 650, 0, 150], jnp.int32)
+  want = jax.vmap(ops.filter_logits)(jnp.asarray(logits) / 0.7, p, k)
+  got = jax.jit(ops.sampling_logits, static_argnames="top_cap")(logits, temp, p, k, top_cap=16)
+  np.testing.assert_array_equal(np.isfinite(np.asarray(got)), np.isfinite(np.asarray(want)))
+  kept = np.isfinite(np.asarray(got))
+  np.testing.assert_allclose(np.asarray(got)[kept], (logits / np.float32(0.7))[kept], rtol=1e-6)
+
+
+@pytest.mark.parametrize("top_p,top_k", [(0.9, 0), (1.0, 150), (0.8, 200)])
+def test_wide_nucleus_frequencies_match_filtered_softmax(top_p, top_k):
+  """Chi-square of draws whose kept set (~150-270 tokens) exceeds the top_cap (the bisection
+  path), against the independent numpy reference."""
+  logits = _wide_logits(1, 300, seed=5)[0]
+  n = 40000
+  keys = jax.random.key_data(jax.random.split(jax.random.key(11), n))
+  toks = jax.jit(ops.sample_tokens)(keys, jnp.broadcast_to(jnp.asarray(logits), (n, 300)),
+                                    jnp.full((n,), 0.7), jnp.full((n,), top_p),
+                                    jnp.full((n,), top_k, jnp.int32))
+  counts = np.bincount(np.asarray(toks), minlength=300)
+  expected = _expected(logits, 0.7, top_p, top_k)
+  assert (expected > 0).sum() > 64
+  assert np.all(counts[expected == 0] == 0)
+  kept = expected > 0
+  _, p_value = stats.chisquare(counts[kept], expected[kept] * n)
+  assert p_value > 1e-3, p_value
+
+
+def test_mixed_greedy_and_sampled_rows_and_all_greedy_skip():
+  """All-greedy batches skip the draw (same argmax); a greedy row next to sampled rows is argmax."""
+  logits = jnp.asarray(_wide_logits(3, 100, seed=6))
+  keys = jax.random.key_data(jax.random.split(jax.random.key(0), 3))
+  greedy = ops.sample_tokens(keys, logits, jnp.zeros(3), jnp.full(3, 0.9), jnp.zeros(3, jnp.int32))
+  np.testing.assert_array_equal(np.asarray(greedy), np.asarray(logits).argmax(-1))
+  mixed = ops.sample_tokens(keys, logits, jnp.array([0.0, 0.7, 1.0]), jnp.full(3, 0.9),
+                            jnp.zeros(3, jnp.int32))
+  assert int(mixed[0]) == int(np.asarray(logits)[0].argmax())

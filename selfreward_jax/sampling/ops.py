@@ -70,8 +70,81 @@ def _thresholds_from_top(scaled_bv: jax.Array, top_p_b: jax.Array, top_k_b: jax.
   n_keep_b = jnp.maximum(jnp.sum(keep_bc, axis=-1), 1)
   threshold_b = jnp.take_along_axis(vals_bc, (n_keep_b - 1)[:, None], axis=-1)[:, 0]
   unfiltered_b = (top_p_b >= 1.0) & no_k_b
-  resolved_b = unfiltered_b | (n_keep_b < cap) | (k_b <= cap)
+  # the mass is normalised exactly only over the whole vocabulary (no top-k) or a top-k within
+  # the cap; with top-k > cap, lse_k would cover the cap only and overstate the probabilities
+  resolved_b = unfiltered_b | (k_b <= cap) | (no_k_b & (n_keep_b < cap))
   return jnp.where(unfiltered_b, -jnp.inf, threshold_b), resolved_b
+
+
+def _sortable_u32(x: jax.Array) -> jax.Array:
+  """uint32 keys ordered like the float32 values ``x`` (no NaN): a >= b iff key(a) >= key(b)
+  (-0.0 and 0.0 get the same key)."""
+  x = x.astype(jnp.float32)
+  bits = jax.lax.bitcast_convert_type(jnp.where(x == 0, jnp.float32(0), x), jnp.uint32)
+  return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _from_sortable_u32(key: jax.Array) -> jax.Array:
+  """The float32 values of ``_sortable_u32`` keys."""
+  bits = jnp.where(key >> 31 == 1, key ^ jnp.uint32(0x80000000), ~key)
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _bisect_u32(pred, lo_b: jax.Array, hi_b: jax.Array, *, largest: bool) -> jax.Array:
+  """Per row, the largest (``largest``) / smallest key in [lo_b, hi_b] where the monotone ``pred``
+  (uint32 [B] -> bool [B]) holds; ``pred`` must hold at lo_b (largest) / hi_b (smallest).
+  32 halvings cover the whole uint32 range, so the answer is exact."""
+  one = jnp.uint32(1)
+
+  def body(_, lohi):
+    lo, hi = lohi
+    open_b = lo < hi
+    if largest:  # pred(lo) holds; invariant: the answer is in [lo, hi]
+      mid = lo + (hi - lo) // 2 + jnp.where(open_b, one, 0)
+      ok = pred(mid)
+      return jnp.where(open_b & ok, mid, lo), jnp.where(open_b & ~ok, mid - one, hi)
+    mid = lo + (hi - lo) // 2  # pred(hi) holds
+    ok = pred(mid)
+    return jnp.where(open_b & ~ok, mid + one, lo), jnp.where(open_b & ok, mid, hi)
+
+  lo, hi = jax.lax.fori_loop(0, 32, body, (lo_b, hi_b))
+  return lo if largest else hi
+
+
+def _thresholds_by_bisection(scaled_bv: jax.Array, top_p_b: jax.Array, top_k_b: jax.Array):
+  """Exact per-row keep thresholds without sorting the vocabulary: bisection on the uint32 keys
+  of the logits (``_sortable_u32``), each step one masked count / masked sum over the vocabulary.
+
+  top-k: the k-th largest logit is the largest key K with ``count(key >= K) >= k``. top-p: a token
+  is kept when the (top-k renormalised) mass strictly above it is < top_p (the definition of
+  ``filter_logits``: the first of a run of ties is kept iff the mass before it is < top_p, and
+  then all of the run is); that mass only falls as the key rises, so the kept tokens are those
+  with key >= the smallest key T with ``mass(key > T) < top_p``. Returns the key threshold
+  uint32 [B] (keep ``key >= threshold``; 0 keeps everything)."""
+  v = scaled_bv.shape[-1]
+  keys_bv = _sortable_u32(scaled_bv)
+  min_b, max_b = jnp.min(keys_bv, axis=-1), jnp.max(keys_bv, axis=-1)
+  no_k_b = (top_k_b <= 0) | (top_k_b >= v)
+  k_b = jnp.where(no_k_b, v, top_k_b)
+
+  def kth_key():
+    count = lambda t_b: jnp.sum(keys_bv >= t_b[:, None], axis=-1) >= k_b
+    return jnp.where(no_k_b, min_b, _bisect_u32(count, min_b, max_b, largest=True))
+
+  k_key_b = jax.lax.cond(jnp.all(no_k_b), lambda: min_b, kth_key)
+  # the top-k mass, as filter_logits counts it: the tokens above the k-th largest logit plus
+  # (k - their number) copies of it (ties at the k-th value fill the k positions in turn)
+  e_bv = jnp.exp(scaled_bv - _from_sortable_u32(max_b)[:, None])
+  above_k_bv = keys_bv > k_key_b[:, None]
+  e_kth_b = jnp.exp(_from_sortable_u32(k_key_b) - _from_sortable_u32(max_b))
+  mass_k_b = (jnp.sum(jnp.where(above_k_bv, e_bv, 0), axis=-1)
+              + (k_b - jnp.sum(above_k_bv, axis=-1)).astype(jnp.float32) * e_kth_b)
+  probs_bv = e_bv / jnp.where(no_k_b, jnp.sum(e_bv, axis=-1), mass_k_b)[:, None]
+  mass_above = lambda t_b: jnp.sum(jnp.where(keys_bv > t_b[:, None], probs_bv, 0), axis=-1)
+  p_key_b = _bisect_u32(lambda t_b: mass_above(t_b) < top_p_b, k_key_b, max_b, largest=False)
+  unfiltered_b = (top_p_b >= 1.0) & no_k_b
+  threshold_b = jnp.where(top_p_b >= 1.0, k_key_b, jnp.maximum(p_key_b, k_key_b))
+  return jnp.where(unfiltered_b, jnp.uint32(0), threshold_b)
 
 
 def sampling_logits(logits_bv: jax.Array, temperature_b: jax.Array, top_p_b: jax.Array,
@@ -80,8 +153,11 @@ def sampling_logits(logits_bv: jax.Array, temperature_b: jax.Array, top_p_b: jax
 
   No row uses top-k/top-p: no filtering at all. Otherwise the keep thresholds come from the
   ``top_cap`` largest logits (``lax.top_k``) when every row's kept set fits in them (the common
-  case: a 0.9 nucleus of a language model is rarely 64 tokens wide), else from a full sort
-  (``filter_logits``). Both give the same set; a row with ``top_p=1, top_k=0`` is never changed.
+  case: a 0.9 nucleus of a language model is rarely 64 tokens wide), else from an exact bisection
+  over the whole vocabulary (``_thresholds_by_bisection``: 32 masked sums, no sort; a nucleus as
+  wide as the vocabulary, e.g. of a random model, costs a few passes over the logits). All paths
+  keep the set ``filter_logits`` (the sort-based reference) keeps; a row with ``top_p=1,
+  top_k=0`` is never changed.
   """
   scaled_bv = logits_bv.astype(jnp.float32) / jnp.maximum(temperature_b, _MIN_TEMPERATURE)[:, None]
   cap = min(top_cap, scaled_bv.shape[-1])
@@ -89,8 +165,12 @@ def sampling_logits(logits_bv: jax.Array, temperature_b: jax.Array, top_p_b: jax
   def filtered(x):
     threshold_b, resolved_b = _thresholds_from_top(x, top_p_b, top_k_b, cap)
     fast = lambda: jnp.where(x >= threshold_b[:, None], x, -jnp.inf)
-    slow = lambda: jax.vmap(filter_logits)(x, top_p_b, top_k_b)
-    return jax.lax.cond(jnp.all(resolved_b), fast, slow)
+
+    def exact():
+      key_threshold_b = _thresholds_by_bisection(x, top_p_b, top_k_b)
+      return jnp.where(_sortable_u32(x) >= key_threshold_b[:, None], x, -jnp.inf)
+
+    return jax.lax.cond(jnp.all(resolved_b), fast, exact)
 
   needs_filter = jnp.any((top_p_b < 1.0) | (top_k_b > 0))
   return jax.lax.cond(needs_filter, filtered, lambda x: x, scaled_bv)
@@ -111,9 +191,15 @@ def sample_tokens(keys_b2: jax.Array, logits_bv: jax.Array, temperature_b: jax.A
     int32 [B] token ids.
   """
   logits_bv = logits_bv.astype(jnp.float32)
-  filtered_bv = sampling_logits(logits_bv, temperature_b, top_p_b, top_k_b)
-  keys = jax.random.wrap_key_data(keys_b2)
-  drawn_b = jax.vmap(jax.random.categorical)(keys, filtered_bv)
+
+  def draw():
+    filtered_bv = sampling_logits(logits_bv, temperature_b, top_p_b, top_k_b)
+    keys = jax.random.wrap_key_data(keys_b2)
+    return jax.vmap(jax.random.categorical)(keys, filtered_bv).astype(jnp.int32)
+
+  # all-greedy batches skip the filtering and the [B, V] Gumbel noise of the draw
+  b = logits_bv.shape[0]
+  drawn_b = jax.lax.cond(jnp.any(temperature_b > 0), draw, lambda: jnp.zeros((b,), jnp.int32))
   greedy_b = jnp.argmax(logits_bv, axis=-1)
   return jnp.where(temperature_b > 0, drawn_b, greedy_b).astype(jnp.int32)
 
