@@ -291,6 +291,8 @@ class SelfRewardingRun:
   # ---- stages ------------------------------------------------------------------------------------
   def run(self, stages: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     names = list(stages) if stages is not None else stage_names(self.cfg.loop.iterations)
+    from selfreward_jax import distributed
+    distributed.check_same("the stages to run", names)  # multi-host: every process runs the same
     write_json(self.path("config.json"), to_config(self.cfg))
     results = {}
     for name in names:
