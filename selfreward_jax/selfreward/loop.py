@@ -340,7 +340,7 @@ class SelfRewardingRun:
                        workdir=self.path("train", stage), mesh=self.mesh,
                        on_step=lambda step, m: pause_point(stage, step))
     self.save(out, config, params)
-    return {"examples": len(records), **self._train_summary(stage)}
+    return {"records": len(records), **self._train_summary(stage)}  # kept/skipped: "data"
 
   def _train_summary(self, stage: str) -> Dict[str, Any]:
     metrics_path = self.path("train", stage, "metrics.jsonl")
