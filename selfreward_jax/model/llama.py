@@ -328,15 +328,22 @@ def _attention(q_btnh, k_bskh, v_bskh, mask_bts, config, rng):
   return out_btkgh.reshape(b, t, n, h)
 
 
-def _write_cache(cache_bskh: jax.Array, new_btkh: jax.Array, start_b: jax.Array) -> jax.Array:
-  """Writes each row's T new entries at slots start_b[b] .. start_b[b]+T-1."""
-  def one(c_skh, n_tkh, s):
-    return jax.lax.dynamic_update_slice(c_skh, n_tkh.astype(c_skh.dtype), (s, 0, 0))
-  return jax.vmap(one)(cache_bskh, new_btkh, start_b)
+def _write_layer_cache(cache_lbskh: jax.Array, layer: jax.Array, new_btkh: jax.Array,
+                       positions_bt: jax.Array) -> jax.Array:
+  """Writes row b's T new entries at slots positions_bt[b] of layer ``layer`` (a scatter into the
+  stack, in place under a loop carry; positions must lie in the cache)."""
+  b_b1 = jnp.arange(new_btkh.shape[0])[:, None]
+  return cache_lbskh.at[layer, b_b1, positions_bt].set(new_btkh.astype(cache_lbskh.dtype),
+                                                        mode="drop")
 
 
-def _layer(config, x_btd, lp, positions_bt, mask_bts, rng, cache_k_bskh, cache_v_bskh):
-  """One transformer block. Returns (x_btd, new_cache_k, new_cache_v)."""
+def _layer(config, x_btd, lp, positions_bt, mask_bts, rng, cache_k_lbskh, cache_v_lbskh,
+           layer=None):
+  """One transformer block. Returns (x_btd, new_cache_k, new_cache_v).
+
+  With a cache, ``cache_k_lbskh``/``cache_v_lbskh`` are the whole stacks [L, B, S, K, H] and
+  ``layer`` this block's index: the new K/V are scattered into layer ``layer`` (in place, as a loop
+  carry) and attention reads that layer. Without, they are None."""
   c = config
   cd = c.cdtype
   lp = jax.tree.map(lambda w: w.astype(cd), lp)
@@ -348,11 +355,11 @@ def _layer(config, x_btd, lp, positions_bt, mask_bts, rng, cache_k_bskh, cache_v
   v_btkh = _dot("btd,dkh->btkh", h_btd, lp["wv"], cd)
   q_btnh = shd.constrain(q_btnh, ("batch", "seq", "act_heads", None))
 
-  if cache_k_bskh is not None:
-    start_b = positions_bt[:, 0]
-    cache_k_bskh = _write_cache(cache_k_bskh, k_btkh, start_b)
-    cache_v_bskh = _write_cache(cache_v_bskh, v_btkh, start_b)
-    k_use, v_use = cache_k_bskh, cache_v_bskh
+  if cache_k_lbskh is not None:
+    cache_k_lbskh = _write_layer_cache(cache_k_lbskh, layer, k_btkh, positions_bt)
+    cache_v_lbskh = _write_layer_cache(cache_v_lbskh, layer, v_btkh, positions_bt)
+    k_use = jax.lax.dynamic_index_in_dim(cache_k_lbskh, layer, keepdims=False)
+    v_use = jax.lax.dynamic_index_in_dim(cache_v_lbskh, layer, keepdims=False)
   else:
     k_use, v_use = k_btkh, v_btkh
 
@@ -369,7 +376,7 @@ def _layer(config, x_btd, lp, positions_bt, mask_bts, rng, cache_k_bskh, cache_v
   mlp_btd = _dot("btf,fd->btd", act_btf, lp["w_down"], cd)
   x_btd = x_btd + _dropout(mlp_btd, c.dropout_rate, rngs[2])
   x_btd = shd.constrain(x_btd, ("batch", "seq", None))
-  return x_btd, cache_k_bskh, cache_v_bskh
+  return x_btd, cache_k_lbskh, cache_v_lbskh
 
 
 def _remat(fn, policy: str):
@@ -403,8 +410,9 @@ def forward(
     tokens_bt: int32 [B, T].
     config: the model's ``LlamaConfig`` (static under jit).
     positions_bt: int32 [B, T] rotary positions; default 0..T-1 on every row. With a cache, row b's
-      tokens are written to cache slots positions_bt[b, 0] .. positions_bt[b, 0] + T - 1 (positions
-      must be consecutive within a row) and a query at position p attends to slots 0..p.
+      token t is written to cache slot positions_bt[b, t] (positions must lie in the cache; the
+      cache is updated in place, one scatter per layer) and a query at position p attends to
+      slots 0..p.
     segment_ids_bt: int32 [B, T] for packed sequences (no cache): a token attends only to earlier
       tokens of the same segment; pass ``positions_bt`` restarting at 0 per segment. Segment 0 is
       padding by convention only if ``attention_mask_bt`` says so.
@@ -450,15 +458,25 @@ def forward(
   layer_rngs = (jax.random.split(dropout_rng, c.n_layers)
                 if dropout_rng is not None and c.dropout_rate > 0 else None)
 
-  def body(x, xs):
-    lp, rng_l, ck, cv = xs
-    x, ck, cv = layer_fn(c, x, lp, positions_bt, mask_bts, rng_l, ck, cv)
-    return x, (ck, cv)
+  if cache is None:
+    def body(x, xs):
+      lp, rng_l = xs
+      x, _, _ = layer_fn(c, x, lp, positions_bt, mask_bts, rng_l, None, None)
+      return x, None
 
-  xs = (params["layers"], layer_rngs,
-        cache.k_lbskh if cache is not None else None,
-        cache.v_lbskh if cache is not None else None)
-  x_btd, (ck, cv) = jax.lax.scan(body, x_btd, xs)
+    x_btd, _ = jax.lax.scan(body, x_btd, (params["layers"], layer_rngs))
+  else:
+    # the caches ride in the carry and each layer scatters its new K/V into them in place (as
+    # scan inputs/outputs they would be sliced out and stacked anew: a full copy every call)
+    def body(carry, xs):
+      x, ck, cv = carry
+      lp, rng_l, i = xs
+      x, ck, cv = layer_fn(c, x, lp, positions_bt, mask_bts, rng_l, ck, cv, i)
+      return (x, ck, cv), None
+
+    (x_btd, ck, cv), _ = jax.lax.scan(
+        body, (x_btd, cache.k_lbskh, cache.v_lbskh),
+        (params["layers"], layer_rngs, jnp.arange(c.n_layers, dtype=jnp.int32)))
 
   h_btd = rms_norm(x_btd, params["final_norm"].astype(c.cdtype), c.norm_eps)
   hl_btd = h_btd
