@@ -181,3 +181,39 @@ def test_sharded_engine_on_8_devices_matches_one_device():
     print("OK")
   """)
   assert "OK" in out
+
+
+def test_sampling_params_cast_once_master_untouched(model):
+  """bf16 compute: the leaves the decode loop reads are cast once (on CPU the layer stack stays
+  as stored, cast per layer in the step); the float32 master params are not touched; f32 compute
+  or already-cast params come back as the same object; host (numpy) leaves are moved once."""
+  config, params = model
+  bf = config.replace(compute_dtype="bfloat16")
+  eng = Engine(bf, params, max_concurrent_decodes=2, max_prefill_length=16, max_cache_length=48)
+  cast = eng.sampling_params(params)
+  for name in ("embed", "lm_head", "final_norm"):
+    assert cast[name].dtype == jnp.bfloat16 and params[name].dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(cast[name]),
+                                  np.asarray(params[name].astype(jnp.bfloat16)))
+  assert cast["layers"] is params["layers"]  # CPU: see the engine docstring
+  assert eng.sampling_params(cast) is cast and eng.params is params
+  assert _engine(model).sampling_params(params) is params
+  host = _engine(model).sampling_params(jax.tree.map(np.asarray, params))
+  assert all(isinstance(w, jax.Array) for w in jax.tree.leaves(host))
+
+
+def test_cpu_cache_dtype_defaults_to_float32_and_matches_full_forward(model):
+  """bf16 compute on CPU keeps the slot cache in float32 (holding the bf16 K/V); a bf16 cache can
+  be asked for; both reproduce the bf16 full forward's logits to bf16 precision."""
+  config, params = model
+  bf = config.replace(compute_dtype="bfloat16")
+  p = [1, 5, 9, 13, 17]
+  full = np.asarray(llama.forward(params, jnp.asarray([p + [3]]), bf)[0])
+  for cache_dtype, want in ((None, jnp.float32), ("bfloat16", jnp.bfloat16)):
+    eng = Engine(bf, params, max_concurrent_decodes=2, max_prefill_length=16, max_cache_length=48,
+                 cache_dtype=cache_dtype)
+    state = eng.init_decode_state()
+    assert state.cache.k_lbskh.dtype == want
+    prefix = eng.prefill(params=params, padded_tokens=_padded(p), true_length=len(p))
+    assert prefix.cache.k_lbskh.dtype == want
+    np.testing.assert_allclose(np.asarray(prefix.logits_v), full[len(p) - 1], atol=2e-2)

@@ -154,3 +154,21 @@ def test_bad_sizes_raise(tiny):
     Sampler(*tiny, max_concurrent=2, max_prefill_length=64, max_decode_length=32)
   with pytest.raises(ValueError, match="max_seq_len"):
     Sampler(*tiny, max_concurrent=2, max_prefill_length=32, max_decode_length=1024)
+
+
+def test_bf16_cast_once_gives_the_per_step_cast_tokens(tiny, monkeypatch):
+  """Casting the params once per generate call (Engine.sampling_params) gives the same greedy and
+  sampled tokens as passing the float32 params into every step (the model's per-layer cast)."""
+  config, params = tiny
+  bf = config.replace(compute_dtype="bfloat16")
+  prompts = _prompts(128, lengths=(3, 20, 7), seed=2)
+  sampler = Sampler(bf, params, max_concurrent=2, max_prefill_length=32, max_decode_length=64)
+  kw = dict(max_new_tokens=12, stop_ids=(2,))
+  once = [sampler.generate(prompts, **kw), sampler.generate(prompts, **kw, **SAMPLE_KW_NO_STOP)]
+  assert sampler.params is params
+  monkeypatch.setattr(sampler.engine, "sampling_params", lambda p: p)
+  per_step = [sampler.generate(prompts, **kw), sampler.generate(prompts, **kw, **SAMPLE_KW_NO_STOP)]
+  assert once == per_step
+
+
+SAMPLE_KW_NO_STOP = dict(temperature=0.7, top_p=0.9, seed=5)

@@ -24,6 +24,16 @@ slot or the other slots. ``key_b`` comes from ``insert(..., rng=key)`` when give
 sampler derives it from (seed, prompt, sample)), else from splitting the state's own ``rng``
 (serving: every request gets fresh randomness).
 
+Numerics of a 16-bit compute dtype: ``sampling_params`` casts the params to the compute dtype once
+(the ``Sampler`` does so once per ``generate`` call, ``load_params`` once for JetStream), so the
+decode loop never re-reads and converts float32 weights; the values are those the model's per-layer
+cast gives, so the tokens are unchanged. On the CPU backend only the leaves outside the scanned layer
+stack are cast: XLA:CPU handles a 16-bit dynamic-slice of the stack by converting the whole stack to
+float32 on every call, slower than the per-layer cast inside the step. For the same reason (16-bit
+scatter and batched dot are converted to float32 whole) the CPU slot cache is float32
+(``cache_dtype``): it holds the compute-dtype K/V exactly, and attention over it runs in float32
+(bf16 tokens may differ from a bf16 cache's in near-ties, as any change of rounding can).
+
 Layout: everything lives on ``mesh`` (the training mesh when the params come from the trainer):
 slots over the batch axes (data, fsdp), kv heads over tensor when divisible, through
 ``sharding.logical_to_spec`` (an axis that does not divide a dimension is dropped). Parameters are
@@ -93,7 +103,7 @@ class DecodeState(NamedTuple):
   """Everything ``generate`` transforms (b = slots, s = cache length). Owned by the engine's
   caller and donated to ``insert``/``generate``: never reuse a state after passing it in."""
 
-  cache: llama.KVCache     # [l, b, s, k, h] in the model's compute dtype
+  cache: llama.KVCache     # [l, b, s, k, h] in the engine's cache_dtype
   logits_bv: jax.Array     # f32, pending next-token logits of each slot
   pos_b: jax.Array         # int32, position (cache slot) of each slot's next token
   length_b: jax.Array      # int32, tokens generated so far
@@ -188,13 +198,15 @@ class Engine(engine_api.Engine):
       sampling fields, so served requests all use these); ``max_new_tokens=0``: until the cache is
       full (JetStream applies the request's ``max_tokens`` itself).
     seed: seed of the state's rng (keys of requests inserted without their own).
+    cache_dtype: dtype of the KV caches (slot cache and prefixes); default the compute dtype,
+      float32 on CPU devices (see the module docstring).
   """
 
   def __init__(self, config: llama.LlamaConfig, params: Any, *, max_concurrent_decodes: int,
                max_prefill_length: int, max_cache_length: Optional[int] = None,
                mesh: Optional[jax.sharding.Mesh] = None, tokenizer_path: Optional[str] = None,
                temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-               max_new_tokens: int = 0, seed: int = 0):
+               max_new_tokens: int = 0, seed: int = 0, cache_dtype: Optional[str] = None):
     s = int(max_cache_length or config.max_seq_len)
     _check_sizes(config, max_concurrent_decodes, max_prefill_length, s)
     check_settings(temperature, top_p, top_k)
@@ -204,6 +216,10 @@ class Engine(engine_api.Engine):
     self._max_prefill = int(max_prefill_length)
     self.max_cache_length = s
     self._mesh = mesh if mesh is not None else _infer_mesh(params)
+    self._on_cpu = all(d.platform == "cpu" for d in self._mesh.devices.flat)
+    if cache_dtype is None:
+      cache_dtype = "float32" if self._on_cpu else config.compute_dtype
+    self.cache_dtype = jnp.dtype(cache_dtype)
     self._tokenizer_path = tokenizer_path
     self.defaults = dict(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
                          max_new_tokens=int(max_new_tokens))
@@ -217,8 +233,8 @@ class Engine(engine_api.Engine):
   def _build_jitted(self):
     state_sh = self.decode_state_shardings()
     rep = NamedSharding(self._mesh, P())  # host-read outputs: every process holds all of them
-    c, s = self.config, self.max_cache_length
-    self._prefill_jit = jax.jit(functools.partial(_prefill, c),
+    c, s, cd = self.config, self.max_cache_length, self.cache_dtype
+    self._prefill_jit = jax.jit(functools.partial(_prefill, c, cd),
                                 out_shardings=self.get_prefix_destination_sharding())
     self._insert_jit = jax.jit(_insert, donate_argnums=(1,), out_shardings=state_sh)
     self._generate_jit = jax.jit(functools.partial(_generate, c, s), donate_argnums=(1,),
@@ -226,7 +242,7 @@ class Engine(engine_api.Engine):
     self._generate_steps_jit = jax.jit(functools.partial(_generate_steps, c, s),
                                        static_argnames=("num_steps",), donate_argnums=(1,),
                                        out_shardings=(state_sh, rep, rep, rep, rep, rep))
-    self._init_jit = jax.jit(functools.partial(_init_state, c, self._slots, s),
+    self._init_jit = jax.jit(functools.partial(_init_state, c, self._slots, s, cd),
                              out_shardings=state_sh)
 
   def _sharding(self, logical, shape) -> NamedSharding:
@@ -364,13 +380,46 @@ class Engine(engine_api.Engine):
       return self._init_jit(np.asarray(jax.random.key_data(jax.random.key(self._seed))))
 
   def load_params(self, *args, **kwargs) -> Any:
-    """The params given at construction (JetStream calls this once per engine)."""
+    """The params given at construction (or by ``update_params``) through ``sampling_params``:
+    JetStream calls this once per engine and passes the result to every prefill and generate."""
     del args, kwargs
+    return self.sampling_params(self._params)
+
+  @property
+  def params(self) -> Any:
+    """The params given at construction or by ``update_params``, as they are."""
     return self._params
 
   def update_params(self, params: Any) -> None:
-    """Replaces the params ``load_params`` returns (e.g. after a training step)."""
+    """Replaces the params (e.g. after a training step)."""
     self._params = params
+
+  def sampling_params(self, params: Any) -> Any:
+    """``params`` with the leaves the decode loop reads cast to the compute dtype, once.
+
+    ``llama.forward`` casts every weight to the compute dtype where it uses it, i.e. on every
+    decode step; casting here once gives the same values without that per-step pass over the
+    float32 weights. On accelerators every leaf is cast; on CPU the layer stack is left as it is
+    (see the module docstring). Host (numpy) leaves are put on the mesh, replicated, first (a jitted
+    call would otherwise copy them in on every call). Leaves already in the compute dtype are reused
+    (no copy), and ``params`` itself is returned when nothing needs casting or moving. The result
+    holds a copy of each cast leaf (e.g. bf16 next to the float32 master params, which are not
+    touched).
+    """
+    cd = self.config.cdtype
+    names = ("embed", "lm_head", "final_norm") + (() if self._on_cpu else ("layers",))
+    leaves = jax.tree.leaves(params)
+    on_host = not all(isinstance(w, jax.Array) for w in leaves)
+    todo = [n for n in names if n in params and any(
+        jnp.dtype(w.dtype) != cd for w in jax.tree.leaves(params[n]))]
+    if not todo and not on_host:
+      return params
+    if on_host:
+      rep = NamedSharding(self._mesh, P())
+      params = jax.tree.map(lambda w: w if isinstance(w, jax.Array) else jax.device_put(w, rep),
+                            params)
+    with jax.set_mesh(self._mesh):
+      return {**params, **{n: jax.tree.map(lambda w: w.astype(cd), params[n]) for n in todo}}
 
   def get_prefix_destination_sharding(self) -> Prefix:
     """``Prefix`` of ``NamedSharding``s: cache kv heads over tensor when divisible, the rest
@@ -447,20 +496,25 @@ def _infer_mesh(params) -> jax.sharding.Mesh:
 
 # ---- device functions (jitted by the Engine) -----------------------------------------------------
 
-def _init_state(config, b: int, s: int, rng2: jax.Array) -> DecodeState:
+def _zero_cache(config, b: int, s: int, dtype) -> llama.KVCache:
+  shape = (config.n_layers, b, s, config.n_kv_heads, config.hd)
+  return llama.KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _init_state(config, b: int, s: int, cache_dtype, rng2: jax.Array) -> DecodeState:
   zeros_b = jnp.zeros((b,), jnp.int32)
   return DecodeState(
-      cache=llama.init_cache(config, b, s),
+      cache=_zero_cache(config, b, s, cache_dtype),
       logits_bv=jnp.zeros((b, config.vocab_size), jnp.float32),
       pos_b=zeros_b, length_b=zeros_b, budget_b=zeros_b, done_b=jnp.ones((b,), bool),
       temperature_b=jnp.zeros((b,), jnp.float32), top_p_b=jnp.ones((b,), jnp.float32),
       top_k_b=zeros_b, key_b2=jnp.zeros((b, 2), jnp.uint32), rng=rng2)
 
 
-def _prefill(config, params, tokens_t, true_length, temperature, top_p, top_k,
+def _prefill(config, cache_dtype, params, tokens_t, true_length, temperature, top_p, top_k,
              max_new_tokens) -> Prefix:
   t = tokens_t.shape[0]
-  cache = llama.init_cache(config, 1, t)
+  cache = _zero_cache(config, 1, t, cache_dtype)
   logits_11v, cache = llama.forward(params, tokens_t[None], config, cache=cache,
                                     logits_at_b=(true_length - 1)[None])
   logits_v = logits_11v[0, 0]

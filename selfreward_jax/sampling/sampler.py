@@ -17,9 +17,11 @@ Sharing and determinism:
   on the slot it lands in, its neighbours, the order of the prompts or ``max_concurrent``
   (up to float rounding of the batched forward, which the tests show to be exact on CPU).
 
-The sampler uses the params it is given as they are (same shardings, no host copy), so training
-and generation can alternate in one process: ``update_params`` after each training step, or pass
-``params=`` per call. (If the trainer donates its params, the sampler must get the new ones.)
+The sampler uses the params it is given in place (same shardings, no host copy), so training and
+generation can alternate in one process: ``update_params`` after each training step, or pass
+``params=`` per call. (If the trainer donates its params, the sampler must get the new ones.) Each
+``generate`` call casts them to the compute dtype once (``Engine.sampling_params``; the master
+params are not touched), so the decode steps do not re-convert float32 weights.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ class Sampler:
 
   @property
   def params(self) -> Any:
-    return self.engine.load_params()
+    """The current params, as given (not cast)."""
+    return self.engine.params
 
   def update_params(self, params: Any) -> None:
     """Uses ``params`` from now on (no copy; e.g. the trainer's params after a DPO step)."""
@@ -111,8 +114,8 @@ class Sampler:
     """
     prompts = [self._checked_prompt(i, p, max_new_tokens) for i, p in enumerate(prompts)]
     self._check_call(max_new_tokens, num_samples, temperature, top_p, top_k, stop_ids)
-    params = self.params if params is None else params
     start = time.perf_counter()
+    params = self.engine.sampling_params(self.params if params is None else params)
     self.stats = SamplerStats()
     run = _Run(self, params, prompts, num_samples, _sample_keys(prompts, num_samples, seed),
                dict(temperature=temperature, top_p=top_p, top_k=top_k,
