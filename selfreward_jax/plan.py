@@ -16,8 +16,9 @@ The two phases of a run share one mesh and one set of parameters and never overl
 * train (SFT / DPO): float32 master params + AdamW moments (2 x float32) + float32 grads (a second
   copy, the accumulator, when ``microbatches > 1``) + the in-step DPO reference (a params copy,
   only with ``dpo.reference="in_step"``) + activations of one microbatch + transients.
-* sample: params + the decode state's KV cache ``[L, slots, max_decode_length, K, H]`` (slots over
-  data*fsdp, kv heads over tensor, as the engine lays it out) + one prefill's transients.
+* sample: params + their compute-dtype copy (``Engine.sampling_params``) + the decode state's KV
+  cache ``[L, slots, max_decode_length, K, H]`` (slots over data*fsdp, kv heads over tensor, as
+  the engine lays it out) + one prefill's transients.
 
 Activations (per device; ``b`` = rows per microbatch / (data*fsdp), ``T`` = padded length, query
 heads ``n``, kv heads ``k``, FFN ``f`` and vocab ``v`` divided by ``tensor`` where it divides them;
@@ -130,6 +131,7 @@ class MemoryPlan:
   kv_cache: int
   sample_transient: int
   batch_ok: bool
+  sample_params: int = 0  # the compute-dtype copy of the params the sampler decodes with
 
   @property
   def n_devices(self) -> int:
@@ -151,7 +153,7 @@ class MemoryPlan:
 
   @property
   def sample_peak(self) -> int:
-    return self.params + self.kv_cache + self.sample_transient
+    return self.params + self.sample_params + self.kv_cache + self.sample_transient
 
   @property
   def peak(self) -> int:
@@ -172,6 +174,7 @@ class MemoryPlan:
         ("loss head (logits f32)", self.loss_head),
         ("gathered layer weights + grads", self.layer_weights),
         ("= train peak", self.train_peak),
+        ("params cast to compute dtype (sampling)", self.sample_params),
         ("kv cache", self.kv_cache),
         ("prefill + decode transients", self.sample_transient),
         ("= sample peak (params + cache + ...)", self.sample_peak),
@@ -386,7 +389,9 @@ def plan(config: llama.LlamaConfig, workload: Workload, mesh_shape: Sequence[int
       opt_moments=st["opt_moments"], opt_other=st["opt_other"], grads=grads, reference=reference,
       activations=activations, recompute=recompute, loss_head=loss_head,
       layer_weights=layer_weights, kv_cache=kv, sample_transient=sample_transient,
-      batch_ok=batch_ok)
+      batch_ok=batch_ok,
+      # Engine.sampling_params: one compute-dtype copy next to the f32 master params (accelerators)
+      sample_params=st["params"] * c // 4 if c < 4 else 0)
 
 
 def mesh_options(n_devices: int, tensor_sizes: Sequence[int] = TENSOR_SIZES
