@@ -80,8 +80,8 @@ DEFAULT_HEADROOM = 0.15
 HEAD_F32_COPIES = 2  # float32 [b, T, v] buffers of the loss head (calibrated, see module doc)
 # the engine's KV-cache logical axes (sampling/engine.py _CACHE_AXES; not imported: that module
 # pulls JetStream and TensorFlow)
-CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
-PREFIX_CACHE_AXES = ("layers", None, "cache_seq", "kv_heads", "head_dim")
+CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
+PREFIX_CACHE_AXES = ("layers", None, "kv_heads", "cache_seq", "head_dim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,10 +371,10 @@ def plan(config: llama.LlamaConfig, workload: Workload, mesh_shape: Sequence[int
   # sampling: the decode state's cache, one prefill (its prefix cache [L, 1, t, K, H] replicated
   # over the batch axes, its float32 logits) and the pending logits [slots, V] f32 (x3 for the
   # top-p sort) and per-step activations (small).
-  kv_shape = (config.n_layers, w.slots, w.decode_len, config.n_kv_heads, config.hd)
+  kv_shape = (config.n_layers, w.slots, config.n_kv_heads, w.decode_len, config.hd)
   kv_spec = shd.logical_to_spec(CACHE_AXES, kv_shape, mesh)
   kv = 2 * leaf_bytes(kv_shape, config.cdtype, jax.sharding.NamedSharding(mesh, kv_spec))
-  pre_shape = (config.n_layers, 1, w.prefill_len, config.n_kv_heads, config.hd)
+  pre_shape = (config.n_layers, 1, config.n_kv_heads, w.prefill_len, config.hd)
   pre_spec = shd.logical_to_spec(PREFIX_CACHE_AXES, pre_shape, mesh)
   prefix = 2 * leaf_bytes(pre_shape, config.cdtype, jax.sharding.NamedSharding(mesh, pre_spec))
   slots_local = max(1, -(-w.slots // batch_shards))

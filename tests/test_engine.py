@@ -165,7 +165,7 @@ def test_sharded_engine_on_8_devices_matches_one_device():
     s8 = Sampler(config, sharded, max_concurrent=8, max_prefill_length=32, max_decode_length=64)
     assert s8.engine.mesh is mesh
     state = s8.engine.init_decode_state()
-    assert state.cache.k_lbskh.sharding.spec == P(None, ("data", "fsdp"), None, "tensor", None), state.cache.k_lbskh.sharding
+    assert state.cache.k_lbksh.sharding.spec == P(None, ("data", "fsdp"), "tensor", None, None), state.cache.k_lbksh.sharding
     assert state.logits_bv.sharding.spec == P(("data", "fsdp"), None)
     one = shd.make_mesh(shd.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     s1 = Sampler(config, shd.shard_params(params, config, one), max_concurrent=3,
@@ -213,7 +213,7 @@ def test_cpu_cache_dtype_defaults_to_float32_and_matches_full_forward(model):
     eng = Engine(bf, params, max_concurrent_decodes=2, max_prefill_length=16, max_cache_length=48,
                  cache_dtype=cache_dtype)
     state = eng.init_decode_state()
-    assert state.cache.k_lbskh.dtype == want
+    assert state.cache.k_lbksh.dtype == want
     prefix = eng.prefill(params=params, padded_tokens=_padded(p), true_length=len(p))
-    assert prefix.cache.k_lbskh.dtype == want
+    assert prefix.cache.k_lbksh.dtype == want
     np.testing.assert_allclose(np.asarray(prefix.logits_v), full[len(p) - 1], atol=2e-2)

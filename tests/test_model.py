@@ -92,8 +92,8 @@ def test_decode_rows_at_different_positions():
   for b, s in enumerate(seqs):  # prefill each row separately, like inserting into slots
     one = llama.init_cache(cfg, batch=1, max_len=16)
     _, one = llama.forward(params, jnp.asarray(s[None, :-1]), cfg, cache=one)
-    cache = llama.KVCache(cache.k_lbskh.at[:, b].set(one.k_lbskh[:, 0]),
-                          cache.v_lbskh.at[:, b].set(one.v_lbskh[:, 0]))
+    cache = llama.KVCache(cache.k_lbksh.at[:, b].set(one.k_lbksh[:, 0]),
+                          cache.v_lbksh.at[:, b].set(one.v_lbksh[:, 0]))
   last = jnp.asarray([[seqs[0][-1]], [seqs[1][-1]]])
   pos = jnp.asarray([[5], [9]])
   step, _ = llama.forward(params, last, cfg, cache=cache, positions_bt=pos)

@@ -75,8 +75,8 @@ log = logging.getLogger(__name__)
 # JetStream's token_utils only pads to these bucket lengths (and asserts pad_id == 0).
 PREFILL_BUCKETS = tuple(2 ** i for i in range(4, 16))
 MAX_STOP_IDS = 8
-_CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
-_PREFIX_CACHE_AXES = ("layers", None, "cache_seq", "kv_heads", "head_dim")
+_CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
+_PREFIX_CACHE_AXES = ("layers", None, "kv_heads", "cache_seq", "head_dim")
 
 
 class Prefix(NamedTuple):
@@ -252,7 +252,7 @@ class Engine(engine_api.Engine):
     """``NamedSharding`` of every ``DecodeState`` field: slots over the batch axes, kv heads over
     tensor when divisible, vocab of the pending logits replicated (sampling sorts along it)."""
     c, b, s = self.config, self._slots, self.max_cache_length
-    cache_shape = (c.n_layers, b, s, c.n_kv_heads, c.hd)
+    cache_shape = (c.n_layers, b, c.n_kv_heads, s, c.hd)
     cache_sh = self._sharding(_CACHE_AXES, cache_shape)
     vec = self._sharding(("batch",), (b,))
     return DecodeState(
@@ -425,7 +425,7 @@ class Engine(engine_api.Engine):
     """``Prefix`` of ``NamedSharding``s: cache kv heads over tensor when divisible, the rest
     replicated. (The t dimension is unsharded, so one tree fits every bucket.)"""
     c = self.config
-    shape = (c.n_layers, 1, self._max_prefill, c.n_kv_heads, c.hd)
+    shape = (c.n_layers, 1, c.n_kv_heads, self._max_prefill, c.hd)
     cache_sh = self._sharding(_PREFIX_CACHE_AXES, shape)
     rep = NamedSharding(self._mesh, P())
     return Prefix(llama.KVCache(cache_sh, cache_sh), rep, rep, rep, rep, rep, rep)
@@ -497,7 +497,7 @@ def _infer_mesh(params) -> jax.sharding.Mesh:
 # ---- device functions (jitted by the Engine) -----------------------------------------------------
 
 def _zero_cache(config, b: int, s: int, dtype) -> llama.KVCache:
-  shape = (config.n_layers, b, s, config.n_kv_heads, config.hd)
+  shape = (config.n_layers, b, config.n_kv_heads, s, config.hd)
   return llama.KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
@@ -523,16 +523,16 @@ def _prefill(config, cache_dtype, params, tokens_t, true_length, temperature, to
 
 
 def _insert(prefix: Prefix, state: DecodeState, slot, rng2, has_rng, s) -> DecodeState:
-  def put(cache_lbskh, new_l1tkh):
-    return jax.lax.dynamic_update_slice(cache_lbskh, new_l1tkh.astype(cache_lbskh.dtype),
+  def put(cache_lbksh, new_l1kth):
+    return jax.lax.dynamic_update_slice(cache_lbksh, new_l1kth.astype(cache_lbksh.dtype),
                                         (0, slot, 0, 0, 0))
 
   next_rng, split_key = jax.random.split(jax.random.wrap_key_data(state.rng))
   key2 = jnp.where(has_rng, rng2, jax.random.key_data(split_key))
   budget = jnp.where(prefix.max_new_tokens > 0, prefix.max_new_tokens, s)
   return DecodeState(
-      cache=llama.KVCache(put(state.cache.k_lbskh, prefix.cache.k_lbskh),
-                          put(state.cache.v_lbskh, prefix.cache.v_lbskh)),
+      cache=llama.KVCache(put(state.cache.k_lbksh, prefix.cache.k_lbksh),
+                          put(state.cache.v_lbksh, prefix.cache.v_lbksh)),
       logits_bv=state.logits_bv.at[slot].set(prefix.logits_v),
       pos_b=state.pos_b.at[slot].set(prefix.true_length),
       length_b=state.length_b.at[slot].set(0),
