@@ -25,13 +25,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, nproc, timeout=900):
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env.pop("XLA_FLAGS", None)
-  port = str(_free_port())
-  procs = [subprocess.Popen([sys.executable, WORKER, str(workdir), str(nproc), str(i), port],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True) for i in range(nproc)]
+def _wait_all(procs, timeout, what):
+  """Waits for every process (killing the rest on a timeout); asserts each exited 0; returns their
+  outputs."""
   outs = []
   try:
     for p in procs:
@@ -41,7 +37,19 @@ def _launch(workdir, nproc, timeout=900):
       if p.poll() is None:
         p.kill()
   for i, (p, out) in enumerate(zip(procs, outs)):
-    assert p.returncode == 0, f"process {i} of {nproc} failed (rc={p.returncode}):\n{out[-8000:]}"
+    assert p.returncode == 0, (f"{what} process {i} of {len(procs)} failed (rc={p.returncode}):\n"
+                               f"{out[-8000:]}")
+  return outs
+
+
+def _launch(workdir, nproc, timeout=900):
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("XLA_FLAGS", None)
+  port = str(_free_port())
+  procs = [subprocess.Popen([sys.executable, WORKER, str(workdir), str(nproc), str(i), port],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True) for i in range(nproc)]
+  _wait_all(procs, timeout, "worker")
   return [json.loads((workdir / f"result-{nproc}-{i}.json").read_text()) for i in range(nproc)]
 
 
@@ -162,17 +170,7 @@ def _run_main(root, nproc, workdir, timeout=1200):
                f"--config.distributed.num_processes={nproc}", f"--config.distributed.process_id={i}"]
     procs.append(subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True))
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=timeout)[0])
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for i, (p, out) in enumerate(zip(procs, outs)):
-    assert p.returncode == 0, f"main process {i} of {nproc} failed (rc={p.returncode}):\n{out[-8000:]}"
-  return outs
+  return _wait_all(procs, timeout, "main")
 
 
 def _lines(path):
