@@ -49,13 +49,15 @@ def batch_shardings(batch: Batch, mesh: Mesh) -> Dict[str, NamedSharding]:
 
 
 def check_batch(batch: Batch, mesh: Mesh) -> None:
-  """Raises a clear error if a batch cannot be laid out on ``mesh``."""
+  """Raises a clear error if a batch (arrays, or anything with a ``.shape``) cannot be laid out on
+  ``mesh``."""
   n = mesh.shape["data"] * mesh.shape["fsdp"]
   for k, v in batch.items():
-    if np.ndim(v) < 2:
-      raise ValueError(f"batch[{k!r}] has shape {np.shape(v)}; expected [microbatches, rows, ...]")
-    if np.shape(v)[1] % n:
-      raise ValueError(f"batch[{k!r}]: {np.shape(v)[1]} rows per microbatch are not divisible by "
+    shape = tuple(getattr(v, "shape", np.shape(v)))
+    if len(shape) < 2:
+      raise ValueError(f"batch[{k!r}] has shape {shape}; expected [microbatches, rows, ...]")
+    if shape[1] % n:
+      raise ValueError(f"batch[{k!r}]: {shape[1]} rows per microbatch are not divisible by "
                        f"data*fsdp = {n}; choose batch_size / microbatches as a multiple of it")
 
 
@@ -80,7 +82,7 @@ def put_local_batch(batch: Batch, mesh: Mesh, rows_per_micro: int) -> Batch:
   """
   out = {}
   global_rows = {k: (np.shape(v)[0], rows_per_micro) + np.shape(v)[2:] for k, v in batch.items()}
-  check_batch({k: np.empty(shape, np.int8) for k, shape in global_rows.items()}, mesh)
+  check_batch({k: jax.ShapeDtypeStruct(shape, np.int8) for k, shape in global_rows.items()}, mesh)
   for k, sh in batch_shardings(batch, mesh).items():
     out[k] = jax.make_array_from_process_local_data(sh, np.asarray(batch[k]), global_rows[k])
   return out
