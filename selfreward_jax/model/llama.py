@@ -306,11 +306,14 @@ class KVCache(NamedTuple):
   v_lbksh: jax.Array
 
 
-def init_cache(config: LlamaConfig, batch: int, max_len: Optional[int] = None) -> KVCache:
-  """Zeroed KV cache for ``batch`` sequences of up to ``max_len`` (default ``config.max_seq_len``)."""
+def init_cache(config: LlamaConfig, batch: int, max_len: Optional[int] = None,
+               dtype=None) -> KVCache:
+  """Zeroed KV cache for ``batch`` sequences of up to ``max_len`` (default ``config.max_seq_len``)
+  in ``dtype`` (default the compute dtype)."""
   s = max_len or config.max_seq_len
   shape = (config.n_layers, batch, config.n_kv_heads, s, config.hd)
-  return KVCache(jnp.zeros(shape, config.cdtype), jnp.zeros(shape, config.cdtype))
+  dtype = config.cdtype if dtype is None else dtype
+  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
 NEG_INF = -1e30

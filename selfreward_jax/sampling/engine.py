@@ -496,15 +496,10 @@ def _infer_mesh(params) -> jax.sharding.Mesh:
 
 # ---- device functions (jitted by the Engine) -----------------------------------------------------
 
-def _zero_cache(config, b: int, s: int, dtype) -> llama.KVCache:
-  shape = (config.n_layers, b, config.n_kv_heads, s, config.hd)
-  return llama.KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-
-
 def _init_state(config, b: int, s: int, cache_dtype, rng2: jax.Array) -> DecodeState:
   zeros_b = jnp.zeros((b,), jnp.int32)
   return DecodeState(
-      cache=_zero_cache(config, b, s, cache_dtype),
+      cache=llama.init_cache(config, b, s, cache_dtype),
       logits_bv=jnp.zeros((b, config.vocab_size), jnp.float32),
       pos_b=zeros_b, length_b=zeros_b, budget_b=zeros_b, done_b=jnp.ones((b,), bool),
       temperature_b=jnp.zeros((b,), jnp.float32), top_p_b=jnp.ones((b,), jnp.float32),
@@ -514,7 +509,7 @@ def _init_state(config, b: int, s: int, cache_dtype, rng2: jax.Array) -> DecodeS
 def _prefill(config, cache_dtype, params, tokens_t, true_length, temperature, top_p, top_k,
              max_new_tokens) -> Prefix:
   t = tokens_t.shape[0]
-  cache = _zero_cache(config, 1, t, cache_dtype)
+  cache = llama.init_cache(config, 1, t, cache_dtype)
   logits_11v, cache = llama.forward(params, tokens_t[None], config, cache=cache,
                                     logits_at_b=(true_length - 1)[None])
   logits_v = logits_11v[0, 0]
