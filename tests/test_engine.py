@@ -29,9 +29,15 @@ def _padded(prompt, t=16):
   return out
 
 
-def test_prefill_and_decode_logits_equal_full_forward(model):
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_prefill_and_decode_logits_equal_full_forward(model, per_layer):
+  """Both cache layouts (per layer: the CPU default; stacked under the layer scan), with the
+  params as stored and as ``sampling_params`` lays them out."""
   config, params = model
-  eng = _engine(model)
+  eng = _engine(model, per_layer=per_layer)
+  assert jax.tree.leaves(eng.init_decode_state().cache)[0].ndim == (4 if per_layer else 5)
+  step_params = eng.sampling_params(params)
+  assert isinstance(step_params["layers"], tuple) == per_layer
   prompts = {0: [1, 5, 9, 13, 17], 2: [1, 7, 3, 8, 2, 9, 4, 10, 11]}
   state = eng.init_decode_state()
   seen = {slot: [] for slot in prompts}
@@ -40,8 +46,8 @@ def test_prefill_and_decode_logits_equal_full_forward(model):
     seen[slot].append(np.asarray(prefix.logits_v))
     state = eng.insert(prefix, state, slot)
   tokens = {slot: [] for slot in prompts}
-  for _ in range(6):
-    state, result = eng.generate(params, state)
+  for i in range(6):
+    state, result = eng.generate(params if i % 2 else step_params, state)
     data = np.asarray(result.data)
     logits = np.asarray(state.logits_bv)
     for slot in prompts:
@@ -143,7 +149,9 @@ def test_engine_errors(model):
     _engine(model, max_prefill_length=24)
   with pytest.raises(ValueError, match="tokenizer_path"):
     eng.get_tokenizer()
-  assert eng.load_params() is params and eng.colocated_cpus is None
+  assert eng.params is params and eng.colocated_cpus is None
+  loaded = eng.load_params()
+  assert eng.sampling_params(loaded) is loaded
   assert eng.max_concurrent_decodes == 3 and eng.max_prefill_length == 16
   assert [bucket_length(n, 64) for n in (1, 16, 17, 33, 64)] == [16, 16, 32, 64, 64]
 
@@ -165,7 +173,8 @@ def test_sharded_engine_on_8_devices_matches_one_device():
     s8 = Sampler(config, sharded, max_concurrent=8, max_prefill_length=32, max_decode_length=64)
     assert s8.engine.mesh is mesh
     state = s8.engine.init_decode_state()
-    assert state.cache.k_lbksh.sharding.spec == P(None, ("data", "fsdp"), "tensor", None, None), state.cache.k_lbksh.sharding
+    assert s8.engine.per_layer  # CPU default: one [b, k, s, h] array per layer
+    assert state.cache.k_lbksh[0].sharding.spec == P(("data", "fsdp"), "tensor", None, None), state.cache.k_lbksh[0].sharding
     assert state.logits_bv.sharding.spec == P(("data", "fsdp"), None)
     one = shd.make_mesh(shd.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     s1 = Sampler(config, shd.shard_params(params, config, one), max_concurrent=3,
@@ -184,22 +193,66 @@ def test_sharded_engine_on_8_devices_matches_one_device():
 
 
 def test_sampling_params_cast_once_master_untouched(model):
-  """bf16 compute: the leaves the decode loop reads are cast once (on CPU the layer stack stays
-  as stored, cast per layer in the step); the float32 master params are not touched; f32 compute
-  or already-cast params come back as the same object; host (numpy) leaves are moved once."""
+  """bf16 compute: every weight the decode loop reads is cast once (per layer on CPU: the layer
+  stack is unstacked into per-layer dicts; the stacked layout on CPU leaves the stack as stored,
+  cast per layer in the step); the float32 master params are not touched; params already in the
+  decode form come back as the same object; host (numpy) leaves are moved once."""
   config, params = model
   bf = config.replace(compute_dtype="bfloat16")
   eng = Engine(bf, params, max_concurrent_decodes=2, max_prefill_length=16, max_cache_length=48)
+  assert eng.per_layer
   cast = eng.sampling_params(params)
   for name in ("embed", "lm_head", "final_norm"):
     assert cast[name].dtype == jnp.bfloat16 and params[name].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(cast[name]),
                                   np.asarray(params[name].astype(jnp.bfloat16)))
-  assert cast["layers"] is params["layers"]  # CPU: see the engine docstring
+  assert len(cast["layers"]) == config.n_layers
+  for i, lp in enumerate(cast["layers"]):
+    for name, w in lp.items():
+      assert w.dtype == jnp.bfloat16 and params["layers"][name].dtype == jnp.float32
+      np.testing.assert_array_equal(np.asarray(w),
+                                    np.asarray(params["layers"][name][i].astype(jnp.bfloat16)))
   assert eng.sampling_params(cast) is cast and eng.params is params
-  assert _engine(model).sampling_params(params) is params
+  stacked = Engine(bf, params, max_concurrent_decodes=2, max_prefill_length=16,
+                   max_cache_length=48, per_layer=False)
+  scast = stacked.sampling_params(params)
+  assert scast["layers"] is params["layers"]  # CPU, stacked: see the engine docstring
+  # per-layer params given to a stacked engine are stacked back (same values)
+  back = stacked.sampling_params(cast)
+  np.testing.assert_array_equal(np.asarray(back["layers"]["wq"]),
+                                np.asarray(params["layers"]["wq"].astype(jnp.bfloat16)))
+  f32 = _engine(model, per_layer=False)
+  assert f32.sampling_params(params) is params
+  unstacked = _engine(model).sampling_params(params)
+  assert _engine(model).sampling_params(unstacked) is unstacked
   host = _engine(model).sampling_params(jax.tree.map(np.asarray, params))
   assert all(isinstance(w, jax.Array) for w in jax.tree.leaves(host))
+
+
+def test_per_layer_and_stacked_layouts_give_the_same_samples(model):
+  """The Sampler on the per-layer decode (CPU default) and on the stacked layer scan: same greedy
+  and T=0.8 / top-p 0.9 tokens and log-probs, f32 and bf16 (where XLA fuses the casts
+  differently: log-probs agree to bf16 rounding of logits of size ~10)."""
+  from selfreward_jax.sampling.sampler import Sampler  # pylint: disable=g-import-not-at-top
+  config, params = model
+  params = dict(params, lm_head=params["lm_head"] * 30.0)  # peaked logits: few near-ties
+  prompts = [[1, 5, 9], [1, 7, 3, 8, 2, 9, 4, 10, 11], [1, 2]]
+  for cd in ("float32", "bfloat16"):
+    out = {}
+    for per_layer in (True, False):
+      smp = Sampler(config.replace(compute_dtype=cd), params, max_concurrent=2,
+                    max_prefill_length=16, max_decode_length=48)
+      smp.engine = Engine(smp.config, params, max_concurrent_decodes=2, max_prefill_length=16,
+                          max_cache_length=48, per_layer=per_layer)
+      greedy = smp.generate(prompts, max_new_tokens=10)
+      sampled, lps = smp.generate(prompts, max_new_tokens=10, num_samples=2, temperature=0.8,
+                                  top_p=0.9, seed=4, return_logprobs=True)
+      out[per_layer] = (greedy, sampled, lps)
+    assert out[True][0] == out[False][0], cd
+    assert out[True][1] == out[False][1], cd
+    np.testing.assert_allclose(np.concatenate([np.ravel(x) for p in out[True][2] for x in p]),
+                               np.concatenate([np.ravel(x) for p in out[False][2] for x in p]),
+                               atol=1e-5 if cd == "float32" else 6e-2)  # bf16 logits ~10
 
 
 def test_cpu_cache_dtype_defaults_to_float32_and_matches_full_forward(model):
@@ -213,7 +266,7 @@ def test_cpu_cache_dtype_defaults_to_float32_and_matches_full_forward(model):
     eng = Engine(bf, params, max_concurrent_decodes=2, max_prefill_length=16, max_cache_length=48,
                  cache_dtype=cache_dtype)
     state = eng.init_decode_state()
-    assert state.cache.k_lbksh.dtype == want
+    assert all(c.dtype == want for c in jax.tree.leaves(state.cache))
     prefix = eng.prefill(params=params, padded_tokens=_padded(p), true_length=len(p))
-    assert prefix.cache.k_lbksh.dtype == want
+    assert all(c.dtype == want for c in jax.tree.leaves(prefix.cache))
     np.testing.assert_allclose(np.asarray(prefix.logits_v), full[len(p) - 1], atol=2e-2)

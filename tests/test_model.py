@@ -67,12 +67,20 @@ def test_packed_segments_equal_separate_sequences():
   np.testing.assert_allclose(out[0, 5:], ref_b[0], atol=1e-5)
 
 
-def test_prefill_then_decode_equals_full_forward():
+@pytest.mark.parametrize("per_layer_cache,unstacked", [(False, False), (True, False),
+                                                       (True, True), (False, True)])
+def test_prefill_then_decode_equals_full_forward(per_layer_cache, unstacked):
+  """Stacked cache under the layer scan; per-layer cache and/or per-layer params (the layers
+  unrolled): the same logits as the full forward of transformers-converted weights."""
   model = make_hf_llama(heads=4, kv_heads=2)
   cfg, params = hf_to_params(model)
   tokens = jnp.asarray(np.random.RandomState(2).randint(0, cfg.vocab_size, (2, 16)))
   full = np.asarray(llama.forward(params, tokens, cfg))
-  cache = llama.init_cache(cfg, batch=2, max_len=32)
+  if unstacked:
+    params = llama.unstack_layers(params)
+    np.testing.assert_allclose(np.asarray(llama.forward(params, tokens, cfg)), full, atol=1e-5)
+  cache = llama.init_cache(cfg, batch=2, max_len=32, per_layer=per_layer_cache)
+  assert cache.per_layer == per_layer_cache and cache.length == 32
   logits, cache = llama.forward(params, tokens[:, :9], cfg, cache=cache)
   steps = [np.asarray(logits)]
   for t in range(9, 16):

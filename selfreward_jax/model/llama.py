@@ -292,9 +292,13 @@ def _dropout(x: jax.Array, rate: float, rng: Optional[jax.Array]) -> jax.Array:
 
 
 class KVCache(NamedTuple):
-  """Per-layer key/value cache.
+  """Per-layer key/value cache, in one of two layouts.
 
-  k_lbksh, v_lbksh: [L, B, K, S, H] in compute dtype. Slot s holds the key/value of position s.
+  Stacked: k_lbksh, v_lbksh are arrays [L, B, K, S, H]; the layer scan scatters into them in
+  place. Per layer: they are tuples of L arrays [B, K, S, H] (``init_cache(..., per_layer=True)``);
+  ``forward`` then runs the layers unrolled and each layer reads and writes its own array, so no
+  layer slice of a stack is copied per decode step (what bounds the stacked layout's decode on
+  XLA:CPU; see ``forward``). Slot s holds the key/value of position s, in the cache dtype.
   (Heads before slots: each (row, kv head) is a contiguous [S, H] matrix, the layout decode
   attention reads fastest; XLA:CPU ran the [B, S, K, H] layout's batched dots ~7x slower.)
   The attention of a query at position p sees slots 0..p, so a cache is valid as long as every
@@ -302,18 +306,45 @@ class KVCache(NamedTuple):
   its own position; stale slots above a sequence's length are never attended to).
   """
 
-  k_lbksh: jax.Array
-  v_lbksh: jax.Array
+  k_lbksh: Any
+  v_lbksh: Any
+
+  @property
+  def per_layer(self) -> bool:
+    return isinstance(self.k_lbksh, (tuple, list))
+
+  @property
+  def length(self) -> int:
+    """S, the number of cache slots per sequence."""
+    return (self.k_lbksh[0] if self.per_layer else self.k_lbksh).shape[-2]
 
 
 def init_cache(config: LlamaConfig, batch: int, max_len: Optional[int] = None,
-               dtype=None) -> KVCache:
+               dtype=None, per_layer: bool = False) -> KVCache:
   """Zeroed KV cache for ``batch`` sequences of up to ``max_len`` (default ``config.max_seq_len``)
-  in ``dtype`` (default the compute dtype)."""
+  in ``dtype`` (default the compute dtype): stacked [L, B, K, S, H], or with ``per_layer`` tuples of
+  L arrays [B, K, S, H]."""
   s = max_len or config.max_seq_len
-  shape = (config.n_layers, batch, config.n_kv_heads, s, config.hd)
   dtype = config.cdtype if dtype is None else dtype
+  if per_layer:
+    shape = (batch, config.n_kv_heads, s, config.hd)
+    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
+    return KVCache(zeros(), zeros())
+  shape = (config.n_layers, batch, config.n_kv_heads, s, config.hd)
   return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def unstack_layers(params: Params, dtype=None) -> Params:
+  """``params`` with ``layers`` as a tuple of L per-layer dicts (each leaf copied out of the stack,
+  cast to ``dtype`` if given). ``forward`` runs such params with the layers unrolled; the leaves
+  outside the stack are shared, not copied. Params already unstacked are returned as they are
+  (cast if needed)."""
+  layers = params["layers"]
+  cast = (lambda w: w) if dtype is None else (lambda w: w.astype(dtype))
+  if isinstance(layers, (tuple, list)):
+    return {**params, "layers": tuple(jax.tree.map(cast, lp) for lp in layers)}
+  n = jax.tree.leaves(layers)[0].shape[0]
+  return {**params, "layers": tuple(jax.tree.map(lambda w: cast(w[i]), layers) for i in range(n))}
 
 
 NEG_INF = -1e30
@@ -336,23 +367,24 @@ def _attention(q_btnh, k_bskh, v_bskh, mask_bts, config, rng, heads_major: bool 
   return out_btkgh.reshape(b, t, n, h)
 
 
-def _write_layer_cache(cache_lbksh: jax.Array, layer: jax.Array, new_btkh: jax.Array,
+def _write_layer_cache(cache: jax.Array, layer: Optional[jax.Array], new_btkh: jax.Array,
                        positions_bt: jax.Array) -> jax.Array:
-  """Writes row b's T new entries at slots positions_bt[b] of layer ``layer`` (a scatter into the
-  stack, in place under a loop carry; positions must lie in the cache)."""
+  """Writes row b's T new entries at slots positions_bt[b]: into layer ``layer`` of a stack
+  [L, B, K, S, H], or (``layer`` None) into one layer's array [B, K, S, H]. A scatter, in place
+  under a loop carry / donation; positions must lie in the cache."""
   b_b1 = jnp.arange(new_btkh.shape[0])[:, None]
   # advanced indices (layer, b, positions) around the K slice: the update is laid out [B, T, K, H]
-  return cache_lbksh.at[layer, b_b1, :, positions_bt].set(new_btkh.astype(cache_lbksh.dtype),
-                                                        mode="drop")
+  idx = (b_b1, slice(None), positions_bt) if layer is None else (layer, b_b1, slice(None),
+                                                                  positions_bt)
+  return cache.at[idx].set(new_btkh.astype(cache.dtype), mode="drop")
 
 
-def _layer(config, x_btd, lp, positions_bt, mask_bts, rng, cache_k_lbksh, cache_v_lbksh,
-           layer=None):
+def _layer(config, x_btd, lp, positions_bt, mask_bts, rng, cache_k, cache_v, layer=None):
   """One transformer block. Returns (x_btd, new_cache_k, new_cache_v).
 
-  With a cache, ``cache_k_lbksh``/``cache_v_lbksh`` are the whole stacks [L, B, K, S, H] and
-  ``layer`` this block's index: the new K/V are scattered into layer ``layer`` (in place, as a loop
-  carry) and attention reads that layer. Without, they are None."""
+  With a cache: either the whole stacks [L, B, K, S, H] with ``layer`` this block's index (the
+  new K/V are scattered into layer ``layer``, in place as a loop carry, and attention reads that
+  layer), or (``layer`` None) this block's own arrays [B, K, S, H]. Without, they are None."""
   c = config
   cd = c.cdtype
   lp = jax.tree.map(lambda w: w.astype(cd), lp)
@@ -364,11 +396,14 @@ def _layer(config, x_btd, lp, positions_bt, mask_bts, rng, cache_k_lbksh, cache_
   v_btkh = _dot("btd,dkh->btkh", h_btd, lp["wv"], cd)
   q_btnh = shd.constrain(q_btnh, ("batch", "seq", "act_heads", None))
 
-  if cache_k_lbksh is not None:
-    cache_k_lbksh = _write_layer_cache(cache_k_lbksh, layer, k_btkh, positions_bt)
-    cache_v_lbksh = _write_layer_cache(cache_v_lbksh, layer, v_btkh, positions_bt)
-    k_bksh = jax.lax.dynamic_index_in_dim(cache_k_lbksh, layer, keepdims=False)
-    v_bksh = jax.lax.dynamic_index_in_dim(cache_v_lbksh, layer, keepdims=False)
+  if cache_k is not None:
+    cache_k = _write_layer_cache(cache_k, layer, k_btkh, positions_bt)
+    cache_v = _write_layer_cache(cache_v, layer, v_btkh, positions_bt)
+    if layer is None:
+      k_bksh, v_bksh = cache_k, cache_v
+    else:
+      k_bksh = jax.lax.dynamic_index_in_dim(cache_k, layer, keepdims=False)
+      v_bksh = jax.lax.dynamic_index_in_dim(cache_v, layer, keepdims=False)
     attn_btnh = _attention(q_btnh, k_bksh, v_bksh, mask_bts, c, rngs[0], heads_major=True)
   else:
     attn_btnh = _attention(q_btnh, k_btkh, v_btkh, mask_bts, c, rngs[0])
@@ -384,7 +419,7 @@ def _layer(config, x_btd, lp, positions_bt, mask_bts, rng, cache_k_lbksh, cache_
   mlp_btd = _dot("btf,fd->btd", act_btf, lp["w_down"], cd)
   x_btd = x_btd + _dropout(mlp_btd, c.dropout_rate, rngs[2])
   x_btd = shd.constrain(x_btd, ("batch", "seq", None))
-  return x_btd, cache_k_lbksh, cache_v_lbksh
+  return x_btd, cache_k, cache_v
 
 
 def _remat(fn, policy: str):
@@ -414,7 +449,9 @@ def forward(
   """Runs the model. The same function serves training, prefill and one-token decode.
 
   Args:
-    params: pytree from ``init_params`` / ``load_hf_checkpoint``.
+    params: pytree from ``init_params`` / ``load_hf_checkpoint``; ``layers`` stacked (the layers
+      run under one ``lax.scan``: compile time flat in depth) or a tuple of per-layer dicts
+      (``unstack_layers``: the layers run unrolled, as with a per-layer cache).
     tokens_bt: int32 [B, T].
     config: the model's ``LlamaConfig`` (static under jit).
     positions_bt: int32 [B, T] rotary positions; default 0..T-1 on every row. With a cache, row b's
@@ -427,7 +464,10 @@ def forward(
     attention_mask_bt: bool/int [B, T], False for padding keys (no cache). Padding queries still get
       (meaningless) logits; mask them out of losses.
     dropout_rng: enables dropout at ``config.dropout_rate`` (training); None = deterministic.
-    cache: a ``KVCache`` of [L, B, S, K, H]; enables prefill/decode and changes the return value.
+    cache: a ``KVCache`` (stacked [L, B, K, S, H] or per layer L x [B, K, S, H]); enables
+      prefill/decode and changes the return value. A per-layer cache runs the layers unrolled:
+      on XLA:CPU the scan's per-layer slice of a stacked cache (and of stacked weights) is a copy
+      every decode step, which made decode ~25% slower at 160 cache slots.
     return_hidden: also return the final normalised hidden states [B, T, D] (compute dtype).
     logits_at_b: int32 [B]: compute the logits only at position ``logits_at_b[b]`` of each row
       (e.g. a prompt's last token in prefill: the output projection of the other positions is
@@ -449,7 +489,7 @@ def forward(
     if segment_ids_bt is not None or attention_mask_bt is not None:
       raise ValueError("forward: segment_ids_bt/attention_mask_bt are not supported with a cache; "
                        "cache visibility is by position")
-    s = cache.k_lbksh.shape[3]
+    s = cache.length
     mask_bts = jnp.arange(s, dtype=jnp.int32)[None, None, :] <= positions_bt[:, :, None]
   else:
     idx_t = jnp.arange(t)
@@ -466,7 +506,31 @@ def forward(
   layer_rngs = (jax.random.split(dropout_rng, c.n_layers)
                 if dropout_rng is not None and c.dropout_rate > 0 else None)
 
-  if cache is None:
+  per_layer = isinstance(params["layers"], (tuple, list)) or (cache is not None
+                                                               and cache.per_layer)
+  ck = cv = None
+  if per_layer:
+    # unrolled: layer i reads its own weights (and cache arrays), nothing sliced out of a stack
+    layers = params["layers"]
+    if not isinstance(layers, (tuple, list)):
+      layers = [jax.tree.map(lambda w, i=i: w[i], layers) for i in range(c.n_layers)]
+    if len(layers) != c.n_layers:
+      raise ValueError(f"forward: {len(layers)} per-layer param dicts, config.n_layers="
+                       f"{c.n_layers}")
+    if cache is not None:
+      ck, cv = (list(cache.k_lbksh), list(cache.v_lbksh)) if cache.per_layer else (
+          cache.k_lbksh, cache.v_lbksh)
+    for i, lp in enumerate(layers):
+      rng_l = None if layer_rngs is None else layer_rngs[i]
+      if cache is None:
+        x_btd, _, _ = layer_fn(c, x_btd, lp, positions_bt, mask_bts, rng_l, None, None)
+      elif cache.per_layer:
+        x_btd, ck[i], cv[i] = layer_fn(c, x_btd, lp, positions_bt, mask_bts, rng_l, ck[i], cv[i])
+      else:
+        x_btd, ck, cv = layer_fn(c, x_btd, lp, positions_bt, mask_bts, rng_l, ck, cv, i)
+    if cache is not None and cache.per_layer:
+      ck, cv = tuple(ck), tuple(cv)
+  elif cache is None:
     def body(x, xs):
       lp, rng_l = xs
       x, _, _ = layer_fn(c, x, lp, positions_bt, mask_bts, rng_l, None, None)
