@@ -17,6 +17,7 @@ _EXPORTS = {
     "forward": "selfreward_jax.model.llama",
     "KVCache": "selfreward_jax.model.llama",
     "init_cache": "selfreward_jax.model.llama",
+    "unstack_layers": "selfreward_jax.model.llama",
     "param_axes": "selfreward_jax.model.llama",
     # sharding
     "MeshConfig": "selfreward_jax.sharding",

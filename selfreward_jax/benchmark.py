@@ -13,6 +13,8 @@ Measurements (details of what is timed in ``bench/train.py``, ``bench/sampling.p
    P prompts x n new tokens, greedy and T=0.7 top-p 0.9; ``serve``: our JetStream gRPC server.
 4. ``mfu``: model FLOP/s of our SFT step (``llama.flops_per_token``) over this machine's matmul
    peak measured in the same run (``jnp.dot`` on 2048^2: bf16 inputs with f32 accumulation; f32).
+   With ``sampling``, the same for greedy f32 decoding, ours and ``generate``'s (the sampling
+   roofline: what fraction of the peak a 3x target would need).
 5. ``growth``: step time vs sequence length, sampling time vs number of prompts, compile time vs
    depth (flat: the layers run under ``lax.scan``).
 
@@ -176,6 +178,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     else:
       res["dpo_trl_f32"] = no_torch
   if "sampling" in parts:
+    if "peak_before" not in res:  # the sampling roofline needs this run's matmul peak
+      _guard(res, "peak_before", common.matmul_peak, cfg.peak_size)
     prompts = common.sampling_prompts(cfg)
     for mode_name, mode in bs.MODES.items():
       for cd in ("float32", "bfloat16"):
@@ -230,6 +234,32 @@ def _derive(res: Dict[str, Any], parts: List[str]) -> None:
       if flops:
         res[f"mfu_dpo_{cd}"] = {"model_flops_per_s": flops, "peak_flops": res["peak"][peak_key],
                                 "mfu": flops / res["peak"][peak_key]}
+    _sampling_roofline(res)
+
+
+def _sampling_roofline(res: Dict[str, Any]) -> None:
+  """Greedy f32 sampling as model FLOP/s against this run's f32 matmul peak, for us and for
+  ``generate``: how much of the machine a 3x target would need (decode at 32 slots is a chain of
+  [32, d] x [d, n] matmuls, which run below the big-square peak)."""
+  from selfreward_jax.model import llama  # pylint: disable=g-import-not-at-top
+  ours = _rate(res, "sample_ours_float32[greedy]", "tokens_per_s")
+  hf = _rate(res, "sample_hf_f32[greedy]", "tokens_per_s")
+  if not ours:
+    return
+  c = res["config"]
+  config = llama.LlamaConfig(vocab_size=c["vocab"], dim=c["dim"], n_layers=c["layers"],
+                             n_heads=c["heads"], n_kv_heads=c["heads"], ffn_dim=c["ffn_dim"],
+                             max_seq_len=2 * c["prompt_len"] + c["new_tokens"])
+  # a new token at position p attends to p + 1 keys: on average prompt + new/2 over the run
+  per_token = llama.flops_per_token(config, 2 * c["prompt_len"] + c["new_tokens"],
+                                    training=False)
+  peak = res["peak"]["f32_flops"]
+  out = {"flops_per_token": per_token, "peak_f32_flops": peak,
+         "ours_flops_per_s": ours * per_token, "ours_fraction_of_peak": ours * per_token / peak}
+  if hf:
+    out.update(hf_flops_per_s=hf * per_token, hf_fraction_of_peak=hf * per_token / peak,
+               fraction_of_peak_for_3x_hf=3 * hf * per_token / peak)
+  res["sampling_roofline_f32"] = out
 
 
 # ---- the table ------------------------------------------------------------------------------------
@@ -317,6 +347,17 @@ def table(res: Dict[str, Any]) -> str:
         v = res[k]
         lines.append(f"  {k}: {v['model_flops_per_s'] / 1e9:,.1f} GFLOP/s = "
                      f"{100 * v['mfu']:.1f}% of the measured peak")
+  roof = res.get("sampling_roofline_f32")
+  if roof:
+    line = (f"sampling roofline (greedy f32, {c['prompts']} slots, "
+            f"{roof['flops_per_token'] / 1e6:.0f} MFLOP per new token): ours "
+            f"{roof['ours_flops_per_s'] / 1e9:.0f} GFLOP/s = "
+            f"{100 * roof['ours_fraction_of_peak']:.0f}% of the f32 peak")
+    if "hf_flops_per_s" in roof:
+      line += (f", generate {roof['hf_flops_per_s'] / 1e9:.0f} GFLOP/s = "
+               f"{100 * roof['hf_fraction_of_peak']:.0f}%; 3x generate would need "
+               f"{100 * roof['fraction_of_peak_for_3x_hf']:.0f}% of the peak")
+    lines.append(line)
   for key, title, unit in (("growth_seq_bf16", "SFT step (bf16) vs seq len", "median_s"),
                            ("growth_prompts_bf16", "sampling (greedy bf16) vs prompts",
                             "median_s"),

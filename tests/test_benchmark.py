@@ -33,5 +33,8 @@ def test_benchmark_toy_run(tmp_path):
               "tunix"):
     assert "skipped" in res[key] or res[key], key  # a result, or the reason it was skipped
   assert 0 < res["mfu_sft_bf16"]["mfu"]
+  roof = res["sampling_roofline_f32"]
+  assert roof["ours_flops_per_s"] > 0 and 0 < roof["ours_fraction_of_peak"], roof
+  assert "sampling roofline" in proc.stdout
   assert set(res["growth_compile_bf16"]) == {"1", "2"}
   assert res["machine"]["nproc"] >= 1 and res["machine"]["loadavg"]

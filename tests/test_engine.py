@@ -230,9 +230,9 @@ def test_sampling_params_cast_once_master_untouched(model):
 
 
 def test_per_layer_and_stacked_layouts_give_the_same_samples(model):
-  """The Sampler on the per-layer decode (CPU default) and on the stacked layer scan: same greedy
-  and T=0.8 / top-p 0.9 tokens and log-probs, f32 and bf16 (where XLA fuses the casts
-  differently: log-probs agree to bf16 rounding of logits of size ~10)."""
+  """The Sampler on the per-layer decode (CPU default) and on the stacked layer scan: the same
+  greedy and T=0.8 / top-p 0.9 tokens and log-probs in f32; the same greedy tokens in bf16 (where
+  XLA fuses the casts differently, so sampled tokens may differ in near-ties)."""
   from selfreward_jax.sampling.sampler import Sampler  # pylint: disable=g-import-not-at-top
   config, params = model
   params = dict(params, lm_head=params["lm_head"] * 30.0)  # peaked logits: few near-ties
@@ -249,10 +249,11 @@ def test_per_layer_and_stacked_layouts_give_the_same_samples(model):
                                   top_p=0.9, seed=4, return_logprobs=True)
       out[per_layer] = (greedy, sampled, lps)
     assert out[True][0] == out[False][0], cd
-    assert out[True][1] == out[False][1], cd
-    np.testing.assert_allclose(np.concatenate([np.ravel(x) for p in out[True][2] for x in p]),
-                               np.concatenate([np.ravel(x) for p in out[False][2] for x in p]),
-                               atol=1e-5 if cd == "float32" else 6e-2)  # bf16 logits ~10
+    if cd == "float32":
+      assert out[True][1] == out[False][1]
+      np.testing.assert_allclose(np.concatenate([np.ravel(x) for p in out[True][2] for x in p]),
+                                 np.concatenate([np.ravel(x) for p in out[False][2] for x in p]),
+                                 atol=1e-5)
 
 
 def test_cpu_cache_dtype_defaults_to_float32_and_matches_full_forward(model):
@@ -270,3 +271,44 @@ def test_cpu_cache_dtype_defaults_to_float32_and_matches_full_forward(model):
     prefix = eng.prefill(params=params, padded_tokens=_padded(p), true_length=len(p))
     assert all(c.dtype == want for c in jax.tree.leaves(prefix.cache))
     np.testing.assert_allclose(np.asarray(prefix.logits_v), full[len(p) - 1], atol=2e-2)
+
+
+def test_growing_decode_state_continues_exactly(model):
+  """A state allocated with fewer cache slots: generate_steps stops when a running slot reaches
+  the allocated end (without finishing it), grow_cache extends it, and the tokens and logits are
+  those of a state of max_cache_length from the start. Misuse raises."""
+  config, params = model
+  config = config.replace(max_seq_len=160)
+  eng = Engine(config, params, max_concurrent_decodes=2, max_prefill_length=16,
+               max_cache_length=160)
+  assert eng.cache_buckets() == (64, 128, 160)
+  assert [eng.cache_bucket(n) for n in (1, 64, 65, 129, 500)] == [64, 64, 128, 160, 160]
+  hot = dict(params, lm_head=params["lm_head"] * 30.0)
+  p = [1, 5, 9, 13, 17, 3, 8]
+  prefix = eng.prefill(params=hot, padded_tokens=_padded(p), true_length=len(p))
+
+  def run(cache_length):
+    state = eng.insert(prefix, eng.init_decode_state(cache_length=cache_length), 1)
+    tokens, steps = [], []
+    while len(tokens) < 140:
+      state, toks, valid, _, n, done = eng.generate_steps(hot, state, num_steps=40)
+      n = int(n)
+      steps.append(n)
+      tokens += np.asarray(toks)[:n, 1][np.asarray(valid)[:n, 1]].tolist()
+      if n < 40 and not bool(done[1]):
+        state = eng.grow_cache(state, eng.cache_bucket(state.cache.length + 1))
+    return tokens, steps, np.asarray(state.logits_bv[1])
+
+  full, full_steps, full_logits = run(None)
+  grown, grown_steps, grown_logits = run(64)
+  assert full == grown and len(full) == 153
+  assert full_steps == [40, 40, 40, 33]  # the last token at position 159: the cache end
+  assert grown_steps == [40, 17, 40, 24, 32]  # stopped at positions 64 and 128, grown each time
+  np.testing.assert_allclose(grown_logits, full_logits, atol=1e-5)
+  state = eng.init_decode_state(cache_length=128)
+  with pytest.raises(ValueError, match="grow_cache: 64"):
+    eng.grow_cache(state, 64)
+  with pytest.raises(ValueError, match="max_cache_length"):
+    eng.init_decode_state(cache_length=161)
+  with pytest.raises(ValueError, match="grow_cache first"):
+    eng.insert(prefix, eng.init_decode_state(cache_length=8), 0)

@@ -181,3 +181,31 @@ def test_mixed_greedy_and_sampled_rows_and_all_greedy_skip():
   mixed = ops.sample_tokens(keys, logits, jnp.array([0.0, 0.7, 1.0]), jnp.full(3, 0.9),
                             jnp.zeros(3, jnp.int32))
   assert int(mixed[0]) == int(np.asarray(logits)[0].argmax())
+
+
+def test_inverse_cdf_draw_across_blocks_matches_softmax():
+  """``draw_from_logits`` over a vocabulary of several 256-token blocks (the last one padded):
+  chi-square against the exact softmax, -inf entries never drawn, single-token rows exact."""
+  rs = np.random.RandomState(0)
+  v, n = 700, 60000
+  logits = rs.normal(size=v).astype(np.float32) * 2
+  logits[rs.rand(v) < 0.5] = -np.inf   # half the vocabulary excluded, in every block
+  logits[[0, 255, 256, 511, 699]] = [3.0, 2.5, 2.5, 3.5, 3.0]  # block edges and the last token
+  p = np.exp(logits.astype(np.float64) - logits[np.isfinite(logits)].max())
+  p /= p.sum()
+  keys = jax.random.key_data(jax.random.split(jax.random.key(7), n))
+  toks = np.asarray(jax.jit(ops.draw_from_logits)(keys, jnp.broadcast_to(jnp.asarray(logits),
+                                                                          (n, v))))
+  counts = np.bincount(toks, minlength=v)
+  assert counts[~np.isfinite(logits)].sum() == 0
+  common = p * n >= 20
+  rest = ~common & (p > 0)
+  observed = np.append(counts[common], counts[rest].sum())
+  expected = np.append(p[common], p[rest].sum()) * n
+  _, p_value = stats.chisquare(observed, expected)
+  assert p_value > 1e-3, p_value
+  for only in (0, 255, 256, 699):  # one token with mass: always that one
+    row = np.full((4, v), -np.inf, np.float32)
+    row[:, only] = 0.0
+    got = ops.draw_from_logits(keys[:4], jnp.asarray(row))
+    assert np.all(np.asarray(got) == only), (only, got)

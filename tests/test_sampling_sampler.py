@@ -172,3 +172,28 @@ def test_bf16_cast_once_gives_the_per_step_cast_tokens(tiny, monkeypatch):
 
 
 SAMPLE_KW_NO_STOP = dict(temperature=0.7, top_p=0.9, seed=5)
+
+
+def test_growing_cache_gives_the_same_samples_as_a_full_one(tiny):
+  """grow_cache (the default) starts each call with a short cache and grows it through the
+  engine's buckets as sequences get longer: the same greedy and sampled tokens and log-probs as
+  a cache of max_decode_length from the start, with continuous batching and stop ids."""
+  config, params = tiny
+  prompts = _prompts(128, lengths=(3, 20, 7, 12, 30), seed=2)
+  kw = dict(max_new_tokens=90, num_samples=2, temperature=0.7, top_p=0.9, stop_ids=(2, 3),
+            seed=3, return_logprobs=True)
+  out = {}
+  for grow in (True, False):
+    s = Sampler(config, params, max_concurrent=3, max_prefill_length=32, max_decode_length=128,
+                steps_per_sync=8, grow_cache=grow)
+    greedy = s.generate(prompts, max_new_tokens=90)
+    stats = s.stats
+    out[grow] = (greedy, s.generate(prompts, **kw), stats)
+  assert out[True][0] == out[False][0]
+  assert out[True][1][0] == out[False][1][0]
+  np.testing.assert_allclose(np.concatenate([np.ravel(x) for p in out[True][1][1] for x in p]),
+                             np.concatenate([np.ravel(x) for p in out[False][1][1] for x in p]),
+                             atol=1e-5)
+  assert max(len(x[0]) for x in out[True][0]) == 90  # some sequence ran long enough to grow
+  assert out[True][2].cache_growths >= 1 and out[True][2].cache_length == 128
+  assert out[False][2].cache_growths == 0 and out[False][2].cache_length == 128

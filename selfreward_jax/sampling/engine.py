@@ -255,8 +255,10 @@ class Engine(engine_api.Engine):
     self._generate_steps_jit = jax.jit(functools.partial(_generate_steps, c, s),
                                        static_argnames=("num_steps",), donate_argnums=(1,),
                                        out_shardings=(state_sh, rep, rep, rep, rep, rep))
-    self._init_jit = jax.jit(functools.partial(_init_state, c, self._slots, s, cd, pl),
-                             out_shardings=state_sh)
+    self._init_jit = jax.jit(functools.partial(_init_state, c, self._slots, cd, pl),
+                             static_argnums=(0,), out_shardings=state_sh)
+    # not donated: the old cache buffers cannot hold the longer cache (the caller drops them)
+    self._grow_jit = jax.jit(_grow_cache, static_argnums=(1,), out_shardings=state_sh)
 
   def _sharding(self, logical, shape) -> NamedSharding:
     return NamedSharding(self._mesh, shd.logical_to_spec(logical, shape, self._mesh))
@@ -345,6 +347,9 @@ class Engine(engine_api.Engine):
     ``rng`` (uint32 [2] raw key data) if given, else split off the state's rng. ``prefix`` is not
     consumed. Called by JetStream's generate thread between steps, or by the ``Sampler``.
     """
+    if prefix.cache.length > decode_state.cache.length:
+      raise ValueError(f"insert: a prefix of {prefix.cache.length} cache slots does not fit the "
+                       f"decode state's {decode_state.cache.length} (grow_cache first)")
     has_rng = rng is not None
     rng = np.zeros((2,), np.uint32) if rng is None else np.asarray(rng, np.uint32)
     with jax.set_mesh(self._mesh):
@@ -376,7 +381,10 @@ class Engine(engine_api.Engine):
     Used by the offline ``Sampler`` to amortise dispatch and host syncs. A slot becomes done on
     a token in ``stop_ids`` (the stop token itself is returned as valid), on its budget, or at the
     end of the cache; done slots idle. The loop ends early when every slot is done, or, with
-    ``exit_on_finish``, as soon as a slot that was running finishes (so its slot can be refilled).
+    ``exit_on_finish``, as soon as a slot that was running finishes (so its slot can be refilled),
+    or when a running slot reaches the end of a growing state's allocated cache (see
+    ``init_decode_state``; ``grow_cache`` and call again). A step attends over the allocated
+    cache slots only, so a state grown with its sequences costs per step what their length needs.
 
     Returns:
       (state, tokens_kb int32, valid_kb bool, logprobs_kb f32, n_steps int32 [], done_b bool):
@@ -388,14 +396,54 @@ class Engine(engine_api.Engine):
       return self._generate_steps_jit(params, decode_state, _stop_array(stop_ids),
                                       np.bool_(exit_on_finish), num_steps=int(num_steps))
 
-  def init_decode_state(self, *args, **kwargs) -> DecodeState:
+  def init_decode_state(self, *args, cache_length: Optional[int] = None, **kwargs
+                        ) -> DecodeState:
     """A fresh ``DecodeState``: zero cache, every slot free (done). Called once by JetStream's
     generate thread / by the ``Sampler`` per ``generate`` call. Laid out by
-    ``decode_state_shardings``."""
+    ``decode_state_shardings``.
+
+    ``cache_length``: allocate only this many cache slots per sequence (a ``cache_buckets`` value;
+    default ``max_cache_length``), to be grown with ``grow_cache`` as sequences get longer; a
+    decode step's attention reads the allocated slots only. Slots still finish at
+    ``max_cache_length``: whoever decodes must grow the cache before a running sequence reaches
+    its allocated end (``generate_steps`` stops early rather than run past it).
+    """
     del args, kwargs
+    s = self._checked_cache_length(cache_length)
     with jax.set_mesh(self._mesh):
       # a host value (not an array on this process's first device): multi-host meshes accept it
-      return self._init_jit(np.asarray(jax.random.key_data(jax.random.key(self._seed))))
+      return self._init_jit(s, np.asarray(jax.random.key_data(jax.random.key(self._seed))))
+
+  def cache_buckets(self) -> tuple:
+    """The cache lengths a growing decode state steps through: powers of two from 64 below
+    ``max_cache_length``, then ``max_cache_length`` (one compilation of the decode loop each)."""
+    out, b = [], 64
+    while b < self.max_cache_length:
+      out.append(b)
+      b *= 2
+    return tuple(out) + (self.max_cache_length,)
+
+  def cache_bucket(self, n: int) -> int:
+    """The smallest ``cache_buckets`` length >= n (``max_cache_length`` if none)."""
+    return next((b for b in self.cache_buckets() if b >= n), self.max_cache_length)
+
+  def grow_cache(self, decode_state: DecodeState, cache_length: int) -> DecodeState:
+    """``decode_state`` with its cache extended to ``cache_length`` slots (zeros appended; jitted
+    per length; drop the old state). Positions, tokens and settings are unchanged."""
+    s = self._checked_cache_length(cache_length)
+    if s < decode_state.cache.length:
+      raise ValueError(f"grow_cache: {s} < the state's cache length {decode_state.cache.length}")
+    if s == decode_state.cache.length:
+      return decode_state
+    with jax.set_mesh(self._mesh):
+      return self._grow_jit(decode_state, s)
+
+  def _checked_cache_length(self, cache_length: Optional[int]) -> int:
+    s = self.max_cache_length if cache_length is None else int(cache_length)
+    if not 1 <= s <= self.max_cache_length:
+      raise ValueError(f"cache_length={s}: must be in [1, max_cache_length="
+                       f"{self.max_cache_length}]")
+    return s
 
   def load_params(self, *args, **kwargs) -> Any:
     """The params given at construction (or by ``update_params``) through ``sampling_params``:
@@ -527,7 +575,7 @@ def _infer_mesh(params) -> jax.sharding.Mesh:
 
 # ---- device functions (jitted by the Engine) -----------------------------------------------------
 
-def _init_state(config, b: int, s: int, cache_dtype, per_layer: bool, rng2: jax.Array
+def _init_state(config, b: int, cache_dtype, per_layer: bool, s: int, rng2: jax.Array
                 ) -> DecodeState:
   zeros_b = jnp.zeros((b,), jnp.int32)
   return DecodeState(
@@ -547,6 +595,12 @@ def _prefill(config, cache_dtype, per_layer: bool, params, tokens_t, true_length
   logits_v = logits_11v[0, 0]
   return Prefix(cache, logits_v.astype(jnp.float32), true_length, temperature, top_p, top_k,
                 max_new_tokens)
+
+
+def _grow_cache(state: DecodeState, s: int) -> DecodeState:
+  def grow(c):  # [..., s_old, h] -> [..., s, h]
+    return jnp.pad(c, [(0, 0)] * (c.ndim - 2) + [(0, s - c.shape[-2]), (0, 0)])
+  return state._replace(cache=jax.tree.map(grow, state.cache))
 
 
 def _insert(prefix: Prefix, state: DecodeState, slot, rng2, has_rng, s) -> DecodeState:
@@ -576,13 +630,16 @@ def _insert(prefix: Prefix, state: DecodeState, slot, rng2, has_rng, s) -> Decod
 
 def _step(config, s: int, params, state: DecodeState, stop_ids):
   """Sample from the pending logits, then feed the sampled tokens. Returns (state, token_b,
-  valid_b, logprob_b)."""
+  valid_b, logprob_b). ``s`` is ``max_cache_length`` (where sequences end); the state's cache may
+  hold fewer slots (a growing state): positions past it are clamped for idle slots only (the
+  callers never step a running slot past the allocated cache)."""
+  s_alloc = state.cache.length
   keys_b2 = ops.step_keys(state.key_b2, state.length_b)
   token_b = ops.sample_tokens(keys_b2, state.logits_bv, state.temperature_b, state.top_p_b,
                               state.top_k_b)
   logprob_b = ops.token_logprobs(state.logits_bv, token_b)
   valid_b = ~state.done_b & (state.pos_b < s)
-  pos_b1 = jnp.minimum(state.pos_b, s - 1)[:, None]
+  pos_b1 = jnp.minimum(state.pos_b, s_alloc - 1)[:, None]
   logits_b1v, cache = llama.forward(params, token_b[:, None], config, positions_bt=pos_b1,
                                     cache=state.cache)
   length_b = state.length_b + 1
@@ -602,12 +659,15 @@ def _generate(config, s: int, params, state: DecodeState, stop_ids):
 def _generate_steps(config, s: int, params, state: DecodeState, stop_ids, exit_on_finish, *,
                     num_steps: int):
   b = state.pos_b.shape[0]
+  s_alloc = state.cache.length
   done0_b = state.done_b
 
   def cond(carry):
     i, st = carry[0], carry[1]
     finished = jnp.any(st.done_b & ~done0_b)
-    return (i < num_steps) & ~jnp.all(st.done_b) & ~(exit_on_finish & finished)
+    # a running slot at the end of a growing state's allocated cache: stop, the caller grows it
+    at_end = jnp.any(~st.done_b & (st.pos_b >= s_alloc))
+    return (i < num_steps) & ~jnp.all(st.done_b) & ~(exit_on_finish & finished) & ~at_end
 
   def body(carry):
     i, st, tokens_kb, valid_kb, logprobs_kb = carry

@@ -12,7 +12,11 @@ The sampling distribution of one row, in HF ``generate`` order:
      tokens sorted by probability whose mass reaches ``top_p`` (a token is kept when the mass of the
      tokens strictly more probable than it is < ``top_p``; the most probable token is always kept;
      ties at the threshold are all kept).
-  5. draw from the softmax of the kept scaled logits (Gumbel-max via ``jax.random.categorical``).
+  5. draw from the softmax of the kept scaled logits: inverse-CDF sampling with one uniform per
+     row (``draw_from_logits``: the uniform is located among block sums of 256 tokens, then inside
+     its block), exact in distribution. Gumbel-max (``jax.random.categorical``) draws one random
+     number per vocabulary entry: 20 ms per step for 32 x 32000 logits on a 2-core CPU, against
+     ~1 ms here.
 
 Each row's draw depends only on its own key and logits, so a row's sample does not depend on the
 other rows of the batch (the property the offline sampler's batch-independence rests on).
@@ -176,6 +180,41 @@ def sampling_logits(logits_bv: jax.Array, temperature_b: jax.Array, top_p_b: jax
   return jax.lax.cond(needs_filter, filtered, lambda x: x, scaled_bv)
 
 
+def draw_from_logits(keys_b2: jax.Array, logits_bv: jax.Array, block: int = 256) -> jax.Array:
+  """One token per row from ``softmax(logits_bv)`` (-inf entries are never drawn): inverse CDF
+  with one uniform per row from the row's own key.
+
+  Row b's uniform u (scaled to the row's total mass) picks the first block of ``block`` tokens
+  whose cumulative mass exceeds u, then the first token of that block whose cumulative mass
+  exceeds the rest; a token's chance is its share of the mass (up to float32 rounding of the
+  sums). Float rounding can never pick a zero-mass token: the pick falls back to the last token
+  with mass. Shapes: keys uint32 [B, 2] raw key data, logits f32 [B, V]; returns int32 [B].
+  """
+  b, v = logits_bv.shape
+  nb = -(-v // block)
+  x_bv = logits_bv.astype(jnp.float32)
+  e_bv = jnp.exp(x_bv - jnp.max(x_bv, axis=-1, keepdims=True))
+  e_bnc = jnp.pad(e_bv, ((0, 0), (0, nb * block - v))).reshape(b, nb, block)
+  mass_bn = jnp.sum(e_bnc, axis=-1)
+  cum_bn = jnp.cumsum(mass_bn, axis=-1)
+  u_b = jax.vmap(lambda k: jax.random.uniform(jax.random.wrap_key_data(k)))(keys_b2)
+  u_b = u_b * cum_bn[:, -1]
+
+  def first_above(cum_bx, mass_bx, u_b):
+    """First index whose cumulative mass exceeds u (and that has mass), else the last with mass."""
+    idx_x = jnp.arange(cum_bx.shape[-1])
+    first_b = jnp.min(jnp.where((cum_bx > u_b[:, None]) & (mass_bx > 0), idx_x, cum_bx.shape[-1]),
+                      axis=-1)
+    last_b = jnp.max(jnp.where(mass_bx > 0, idx_x, -1), axis=-1)
+    return jnp.where(first_b < cum_bx.shape[-1], first_b, last_b)
+
+  j_b = first_above(cum_bn, mass_bn, u_b)
+  e_bc = jnp.take_along_axis(e_bnc, j_b[:, None, None], axis=1)[:, 0]
+  below_b = jnp.take_along_axis(cum_bn - mass_bn, j_b[:, None], axis=1)[:, 0]
+  i_b = first_above(jnp.cumsum(e_bc, axis=-1), e_bc, u_b - below_b)
+  return (j_b * block + i_b).astype(jnp.int32)
+
+
 def sample_tokens(keys_b2: jax.Array, logits_bv: jax.Array, temperature_b: jax.Array,
                   top_p_b: jax.Array, top_k_b: jax.Array) -> jax.Array:
   """Draws one token per row with that row's own settings and key.
@@ -194,10 +233,9 @@ def sample_tokens(keys_b2: jax.Array, logits_bv: jax.Array, temperature_b: jax.A
 
   def draw():
     filtered_bv = sampling_logits(logits_bv, temperature_b, top_p_b, top_k_b)
-    keys = jax.random.wrap_key_data(keys_b2)
-    return jax.vmap(jax.random.categorical)(keys, filtered_bv).astype(jnp.int32)
+    return draw_from_logits(keys_b2, filtered_bv)
 
-  # all-greedy batches skip the filtering and the [B, V] Gumbel noise of the draw
+  # all-greedy batches skip the filtering and the draw
   b = logits_bv.shape[0]
   drawn_b = jax.lax.cond(jnp.any(temperature_b > 0), draw, lambda: jnp.zeros((b,), jnp.int32))
   greedy_b = jnp.argmax(logits_bv, axis=-1)

@@ -48,6 +48,8 @@ class SamplerStats:
   prefills: int = 0
   decode_steps: int = 0    # generate steps run (each advances every slot)
   host_syncs: int = 0
+  cache_length: int = 0    # cache slots per sequence allocated at the end (see grow_cache)
+  cache_growths: int = 0
   seconds: float = 0.0
 
 
@@ -64,11 +66,17 @@ class Sampler:
       (<= ``config.max_seq_len``, >= ``max_prefill_length``).
     mesh: default: the params' mesh.
     steps_per_sync: decode steps per jitted chunk / host sync.
+    grow_cache: start each ``generate`` call with a KV cache just long enough for its prompts and
+      the first chunk, and grow it through ``Engine.cache_buckets`` (64, 128, ... then
+      ``max_decode_length``) as the sequences get longer, so a decode step's attention reads the
+      cache the sequences use, not ``max_decode_length`` slots (one decode compilation per bucket
+      reached). False allocates ``max_decode_length`` from the start.
   """
 
   def __init__(self, config: llama.LlamaConfig, params: Any, *, max_concurrent: int,
                max_prefill_length: int, max_decode_length: int,
-               mesh: Optional[jax.sharding.Mesh] = None, steps_per_sync: int = 16):
+               mesh: Optional[jax.sharding.Mesh] = None, steps_per_sync: int = 16,
+               grow_cache: bool = True):
     if steps_per_sync < 1:
       raise ValueError(f"steps_per_sync={steps_per_sync}: must be >= 1")
     self.engine = engine_lib.Engine(
@@ -76,6 +84,7 @@ class Sampler:
         max_prefill_length=max_prefill_length, max_cache_length=max_decode_length, mesh=mesh)
     self.config = config
     self.steps_per_sync = int(steps_per_sync)
+    self.grow_cache = bool(grow_cache)
     self.stats = SamplerStats()
 
   @property
@@ -166,12 +175,35 @@ class _Run:
     self.logprobs = [[None] * num_samples for _ in prompts]
 
   def loop(self):
-    state = self.engine.init_decode_state()
+    state = self.engine.init_decode_state(cache_length=self._first_cache_length())
     while True:
       state = self._fill(state)
       if all(x is None for x in self.slots):
+        self.s.stats.cache_length = state.cache.length
         return self.tokens, self.logprobs
+      state = self._grown(state)
       state = self._decode_chunk(state)
+
+  def _first_cache_length(self) -> int:
+    """Room for every prompt's prefix (its prefill bucket) and for a first chunk of steps."""
+    if not self.s.grow_cache:
+      return self.engine.max_cache_length
+    need = max(max(engine_lib.bucket_length(p.size, self.engine.max_prefill_length),
+                   p.size + self.s.steps_per_sync) for p in self.prompts)
+    return self.engine.cache_bucket(need)
+
+  def _grown(self, state):
+    """Grows the cache when a running sequence could reach its end within the next chunk (its
+    next position is prompt length + tokens so far)."""
+    s = state.cache.length
+    if s >= self.engine.max_cache_length:
+      return state
+    need = max(self.prompts[o[0]].size + len(o[2]) for o in self.slots if o is not None)
+    need += self.s.steps_per_sync
+    if need <= s:
+      return state
+    self.s.stats.cache_growths += 1
+    return self.engine.grow_cache(state, self.engine.cache_bucket(need))
 
   def _prefix(self, i: int):
     if i not in self.prefixes:
@@ -207,6 +239,9 @@ class _Run:
     logprobs_kb = host[4] if self.return_logprobs else None
     self.s.stats.decode_steps += int(n)
     self.s.stats.host_syncs += 1
+    if n == 0 and not np.all(done_b):
+      raise RuntimeError("Sampler: a decode chunk made no progress (a running sequence at the end "
+                         f"of the allocated cache of {state.cache.length} slots)")
     for b, occupant in enumerate(self.slots):
       if occupant is not None:
         self._collect(b, occupant, tokens_kb[:n, b], valid_kb[:n, b],
