@@ -197,3 +197,4 @@ def test_growing_cache_gives_the_same_samples_as_a_full_one(tiny):
   assert max(len(x[0]) for x in out[True][0]) == 90  # some sequence ran long enough to grow
   assert out[True][2].cache_growths >= 1 and out[True][2].cache_length == 128
   assert out[False][2].cache_growths == 0 and out[False][2].cache_length == 128
+  assert s.generate([], max_new_tokens=5) == []  # nothing to sample: no cache to size

@@ -16,9 +16,9 @@ Every ``generate`` call first samples each slot's token from its pending logits,
 model on that token (writing its K/V at the token's position) to get the next pending logits. So
 the first ``generate`` after ``insert`` returns the first generated token, with no special case.
 
-Decode state (``DecodeState``): the slot KV cache [l, b, k, s, h] (stacked or per layer), pending logits [b, v], and per
-slot: position of the next token, tokens generated so far, token budget, done flag, temperature,
-top-p, top-k and rng key. Slot b's token number n (0-based) is drawn with key
+Decode state (``DecodeState``): the slot KV cache [l, b, k, s, h] (stacked or per layer), pending
+logits [b, v], and per slot: position of the next token, tokens generated so far, token budget,
+done flag, temperature, top-p, top-k and rng key. Slot b's token number n (0-based) is drawn with key
 ``fold_in(key_b, n)``: a fresh key every call, and a function of the request only, never of the
 slot or the other slots. ``key_b`` comes from ``insert(..., rng=key)`` when given (the offline
 sampler derives it from (seed, prompt, sample)), else from splitting the state's own ``rng``
@@ -39,7 +39,9 @@ and cache where they lie. Under the layer scan XLA:CPU copies every layer's slic
 cache and weights on every step (a 16-bit stack was even converted whole); measured at the
 benchmark size (60M params, 32 slots, 160 positions): 43 -> 33 ms per float32 step, 37 -> 27 ms
 in bf16. Accelerators keep the stacked caches and the scan (XLA fuses those slices there, and
-compile time stays flat in depth). Both layouts give the same tokens.
+compile time stays flat in depth). Both layouts give the same float32 tokens and log-probs
+(tested; in bf16 the greedy tokens, sampled ones may differ in near-ties as XLA fuses the casts
+differently).
 
 Layout: everything lives on ``mesh`` (the training mesh when the params come from the trainer):
 slots over the batch axes (data, fsdp), kv heads over tensor when divisible, through

@@ -188,8 +188,8 @@ class _Run:
     """Room for every prompt's prefix (its prefill bucket) and for a first chunk of steps."""
     if not self.s.grow_cache:
       return self.engine.max_cache_length
-    need = max(max(engine_lib.bucket_length(p.size, self.engine.max_prefill_length),
-                   p.size + self.s.steps_per_sync) for p in self.prompts)
+    need = max((max(engine_lib.bucket_length(p.size, self.engine.max_prefill_length),
+                    p.size + self.s.steps_per_sync) for p in self.prompts), default=1)
     return self.engine.cache_bucket(need)
 
   def _grown(self, state):
