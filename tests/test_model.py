@@ -121,6 +121,27 @@ def test_bf16_compute_close_to_f32_and_logits_f32():
   assert err < 0.05 * np.abs(ref).max(), err
 
 
+def test_bf16_single_row_equals_its_row_in_a_batch():
+  """One bf16 row (a one-slot decode step, a prefill's last-token logits) goes through the
+  two-row matmul path: the same logits as that row decoded next to another, and close to f32."""
+  model = make_hf_llama()
+  cfg, params = hf_to_params(model)
+  bf = cfg.replace(compute_dtype="bfloat16")
+  tokens = jnp.asarray(np.random.RandomState(5).randint(0, cfg.vocab_size, (2, 9)))
+  outs = {}
+  for b in (1, 2):
+    cache = llama.init_cache(bf, batch=b, max_len=16, dtype=jnp.float32)
+    _, cache = llama.forward(params, tokens[:b, :8], bf, cache=cache)
+    step, _ = llama.forward(params, tokens[:b, 8:], bf, cache=cache,
+                            positions_bt=jnp.full((b, 1), 8, jnp.int32))
+    outs[b] = np.asarray(step[0, 0])
+  last = llama.forward(params, tokens[:1, :8], bf, logits_at_b=jnp.asarray([7]))
+  np.testing.assert_allclose(outs[1], outs[2], atol=1e-5)
+  ref = np.asarray(llama.forward(params, tokens[:1], cfg))[0]
+  assert np.abs(outs[1] - ref[8]).max() < 0.05 * np.abs(ref[8]).max()
+  assert np.abs(np.asarray(last)[0, 0] - ref[7]).max() < 0.05 * np.abs(ref[7]).max()
+
+
 def test_bf16_matmuls_accumulate_in_f32():
   """The lowered bf16 model requests f32 results from every dot (no bf16 accumulation)."""
   cfg = LlamaConfig.tiny(compute_dtype="bfloat16")

@@ -209,3 +209,20 @@ def test_inverse_cdf_draw_across_blocks_matches_softmax():
     row[:, only] = 0.0
     got = ops.draw_from_logits(keys[:4], jnp.asarray(row))
     assert np.all(np.asarray(got) == only), (only, got)
+
+
+def test_argmax_first_equals_jnp_argmax_with_ties_and_infinities():
+  """The two-level greedy argmax: the first index of the maximum, as ``jnp.argmax``, across
+  block edges, with ties inside and across blocks, -inf rows parts and a vocabulary that is not a
+  multiple of the block."""
+  rs = np.random.RandomState(1)
+  x = rs.normal(size=(12, 700)).astype(np.float32)
+  x[1, [10, 300, 650]] = 9.0           # ties across blocks: the first wins
+  x[2, [256, 257]] = 9.0               # tie at a block edge
+  x[3, :] = 1.0                        # all equal
+  x[4, :699] = -np.inf                 # only the last (padded block) entry is finite
+  x[5, [255, 511]] = [7.0, 7.0]
+  x[6] = np.round(x[6])                # many ties
+  got = np.asarray(jax.jit(ops.argmax_first)(jnp.asarray(x)))
+  np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+  assert got[1] == 10 and got[2] == 256 and got[3] == 0 and got[4] == 699

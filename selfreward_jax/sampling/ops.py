@@ -215,6 +215,20 @@ def draw_from_logits(keys_b2: jax.Array, logits_bv: jax.Array, block: int = 256)
   return (j_b * block + i_b).astype(jnp.int32)
 
 
+def argmax_first(x_bv: jax.Array, block: int = 256) -> jax.Array:
+  """int32 [B]: ``jnp.argmax(x_bv, axis=-1)`` (the first index of the maximum) in two levels:
+  the maximum of each block of ``block`` entries, the first block holding the row's maximum,
+  the first index of it inside that block. XLA:CPU's variadic argmax reduction takes ~3 ms on
+  32 x 32000 logits, this ~0.2 ms."""
+  b, v = x_bv.shape
+  nb = -(-v // block)
+  x_bnc = jnp.pad(x_bv, ((0, 0), (0, nb * block - v)), constant_values=-jnp.inf
+                  ).reshape(b, nb, block)
+  j_b = jnp.argmax(jnp.max(x_bnc, axis=-1), axis=-1)
+  i_b = jnp.argmax(jnp.take_along_axis(x_bnc, j_b[:, None, None], axis=1)[:, 0], axis=-1)
+  return (j_b * block + i_b).astype(jnp.int32)
+
+
 def sample_tokens(keys_b2: jax.Array, logits_bv: jax.Array, temperature_b: jax.Array,
                   top_p_b: jax.Array, top_k_b: jax.Array) -> jax.Array:
   """Draws one token per row with that row's own settings and key.
@@ -238,15 +252,16 @@ def sample_tokens(keys_b2: jax.Array, logits_bv: jax.Array, temperature_b: jax.A
   # all-greedy batches skip the filtering and the draw
   b = logits_bv.shape[0]
   drawn_b = jax.lax.cond(jnp.any(temperature_b > 0), draw, lambda: jnp.zeros((b,), jnp.int32))
-  greedy_b = jnp.argmax(logits_bv, axis=-1)
+  greedy_b = argmax_first(logits_bv)
   return jnp.where(temperature_b > 0, drawn_b, greedy_b).astype(jnp.int32)
 
 
 def token_logprobs(logits_bv: jax.Array, tokens_b: jax.Array) -> jax.Array:
   """f32 [B]: ``log_softmax(logits)[token]`` of the raw (unscaled, unfiltered) logits, i.e. the
   token's log-probability under the model itself, not under the tempered/truncated distribution."""
-  logp_bv = jax.nn.log_softmax(logits_bv.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp_bv, tokens_b[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  x_bv = logits_bv.astype(jnp.float32)
+  x_b = jnp.take_along_axis(x_bv, tokens_b[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  return x_b - jax.nn.logsumexp(x_bv, axis=-1)  # no [B, V] log_softmax materialised
 
 
 def step_keys(keys_b2: jax.Array, steps_b: jax.Array) -> jax.Array:
