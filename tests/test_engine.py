@@ -273,14 +273,15 @@ def test_cpu_cache_dtype_defaults_to_float32_and_matches_full_forward(model):
     np.testing.assert_allclose(np.asarray(prefix.logits_v), full[len(p) - 1], atol=2e-2)
 
 
-def test_growing_decode_state_continues_exactly(model):
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_growing_decode_state_continues_exactly(model, per_layer):
   """A state allocated with fewer cache slots: generate_steps stops when a running slot reaches
   the allocated end (without finishing it), grow_cache extends it, and the tokens and logits are
-  those of a state of max_cache_length from the start. Misuse raises."""
+  those of a state of max_cache_length from the start, in both cache layouts. Misuse raises."""
   config, params = model
   config = config.replace(max_seq_len=160)
   eng = Engine(config, params, max_concurrent_decodes=2, max_prefill_length=16,
-               max_cache_length=160)
+               max_cache_length=160, per_layer=per_layer)
   assert eng.cache_buckets() == (64, 128, 160)
   assert [eng.cache_bucket(n) for n in (1, 64, 65, 129, 500)] == [64, 64, 128, 160, 160]
   hot = dict(params, lm_head=params["lm_head"] * 30.0)
