@@ -61,7 +61,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
   p.add_argument("--tunix_timeout", type=float, default=3600.0)
   p.add_argument("--no_peers", action="store_true", help="ours only")
   for name in ("vocab", "dim", "layers", "heads", "ffn", "seq", "batch", "steps", "prompts",
-               "prompt_len", "new_tokens", "growth_rows", "growth_new_tokens", "peak_size",
+               "sample_repeats", "prompt_len", "new_tokens", "growth_rows", "growth_new_tokens", "peak_size",
                "torch_threads"):
     p.add_argument(f"--{name}", type=int, default=getattr(d, name))
   for name in ("growth_seqs", "growth_prompts", "growth_depths"):
@@ -184,10 +184,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     for mode_name, mode in bs.MODES.items():
       for cd in ("float32", "bfloat16"):
         _guard(res, f"sample_ours_{cd}[{mode_name}]", bs.ours, cfg, params, prompts,
-               cfg.new_tokens, mode, compute_dtype=cd)
+               cfg.new_tokens, mode, compute_dtype=cd, repeats=cfg.sample_repeats)
       if peers:
         _guard(res, f"sample_hf_f32[{mode_name}]", bs.hf_generate, hf, prompts, cfg.new_tokens,
-               mode)
+               mode, repeats=cfg.sample_repeats)
       else:
         res[f"sample_hf_f32[{mode_name}]"] = no_torch
   if "serve" in parts:

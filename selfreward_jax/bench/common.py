@@ -33,6 +33,7 @@ class BenchConfig:
   batch: int = 8            # SFT rows; DPO uses batch // 2 pairs (the same rows count)
   steps: int = 3            # timed steps after one warm-up step (medians are reported)
   prompts: int = 32         # sampling
+  sample_repeats: int = 3   # timed sampling runs per side after a warm-up (the median is reported)
   prompt_len: int = 32
   new_tokens: int = 128
   growth_seqs: Sequence[int] = (128, 256, 512, 1024)

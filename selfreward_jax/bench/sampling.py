@@ -1,7 +1,9 @@
 """Sampling measurements: new tokens/s of our offline ``Sampler``, of transformers' ``generate`` and
 of our JetStream gRPC server, on the same weights and prompts.
 
-What is timed (after one untimed warm-up call of the same shape, so compilation is excluded):
+What is timed (after one untimed warm-up call of the same shape, so compilation is excluded;
+``sample_repeats`` timed calls per side, the median reported, since single runs of a few seconds
+vary by up to ~30% on a shared machine):
 
 * ours: one ``Sampler.generate(prompts, max_new_tokens=n)`` call (prefills, inserts, decode
   chunks, the tokens back on the host); no stop id, so every prompt yields exactly n tokens.
