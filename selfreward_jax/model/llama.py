@@ -517,9 +517,7 @@ def forward(
   ck = cv = None
   if per_layer:
     # unrolled: layer i reads its own weights (and cache arrays), nothing sliced out of a stack
-    layers = params["layers"]
-    if not isinstance(layers, (tuple, list)):
-      layers = [jax.tree.map(lambda w, i=i: w[i], layers) for i in range(c.n_layers)]
+    layers = unstack_layers(params)["layers"]
     if len(layers) != c.n_layers:
       raise ValueError(f"forward: {len(layers)} per-layer param dicts, config.n_layers="
                        f"{c.n_layers}")

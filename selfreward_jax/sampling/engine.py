@@ -483,8 +483,8 @@ class Engine(engine_api.Engine):
     on_host = not all(isinstance(w, jax.Array) for w in leaves)
     todo = [n for n in names if n in params and any(
         jnp.dtype(w.dtype) != cd for w in jax.tree.leaves(params[n]))]
-    restack = self.per_layer != unstacked and layers is not None
-    if not todo and not on_host and not restack:
+    relayout = layers is not None and self.per_layer != unstacked
+    if not todo and not on_host and not relayout:
       return params
     if on_host:
       rep = NamedSharding(self._mesh, P())

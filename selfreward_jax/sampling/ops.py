@@ -180,6 +180,13 @@ def sampling_logits(logits_bv: jax.Array, temperature_b: jax.Array, top_p_b: jax
   return jax.lax.cond(needs_filter, filtered, lambda x: x, scaled_bv)
 
 
+def _blocks(x_bv: jax.Array, block: int, fill: float) -> jax.Array:
+  """[B, V] -> [B, ceil(V / block), block], the last block padded with ``fill``."""
+  b, v = x_bv.shape
+  nb = -(-v // block)
+  return jnp.pad(x_bv, ((0, 0), (0, nb * block - v)), constant_values=fill).reshape(b, nb, block)
+
+
 def draw_from_logits(keys_b2: jax.Array, logits_bv: jax.Array, block: int = 256) -> jax.Array:
   """One token per row from ``softmax(logits_bv)`` (-inf entries are never drawn): inverse CDF
   with one uniform per row from the row's own key.
@@ -190,11 +197,8 @@ def draw_from_logits(keys_b2: jax.Array, logits_bv: jax.Array, block: int = 256)
   sums). Float rounding can never pick a zero-mass token: the pick falls back to the last token
   with mass. Shapes: keys uint32 [B, 2] raw key data, logits f32 [B, V]; returns int32 [B].
   """
-  b, v = logits_bv.shape
-  nb = -(-v // block)
   x_bv = logits_bv.astype(jnp.float32)
-  e_bv = jnp.exp(x_bv - jnp.max(x_bv, axis=-1, keepdims=True))
-  e_bnc = jnp.pad(e_bv, ((0, 0), (0, nb * block - v))).reshape(b, nb, block)
+  e_bnc = _blocks(jnp.exp(x_bv - jnp.max(x_bv, axis=-1, keepdims=True)), block, 0.0)
   mass_bn = jnp.sum(e_bnc, axis=-1)
   cum_bn = jnp.cumsum(mass_bn, axis=-1)
   u_b = jax.vmap(lambda k: jax.random.uniform(jax.random.wrap_key_data(k)))(keys_b2)
@@ -220,10 +224,7 @@ def argmax_first(x_bv: jax.Array, block: int = 256) -> jax.Array:
   the maximum of each block of ``block`` entries, the first block holding the row's maximum,
   the first index of it inside that block. XLA:CPU's variadic argmax reduction takes ~3 ms on
   32 x 32000 logits, this ~0.2 ms."""
-  b, v = x_bv.shape
-  nb = -(-v // block)
-  x_bnc = jnp.pad(x_bv, ((0, 0), (0, nb * block - v)), constant_values=-jnp.inf
-                  ).reshape(b, nb, block)
+  x_bnc = _blocks(x_bv, block, -jnp.inf)
   j_b = jnp.argmax(jnp.max(x_bnc, axis=-1), axis=-1)
   i_b = jnp.argmax(jnp.take_along_axis(x_bnc, j_b[:, None, None], axis=1)[:, 0], axis=-1)
   return (j_b * block + i_b).astype(jnp.int32)
