@@ -18,7 +18,8 @@ The two phases of a run share one mesh and one set of parameters and never overl
   only with ``dpo.reference="in_step"``) + activations of one microbatch + transients.
 * sample: params + their compute-dtype copy (``Engine.sampling_params``) + the decode state's KV
   cache ``[L, slots, max_decode_length, K, H]`` (slots over data*fsdp, kv heads over tensor, as
-  the engine lays it out) + one prefill's transients.
+  the engine lays it out) + one batched prefill's transients (``max(max_prefill_length, 1024)``
+  tokens, the ``Sampler``'s default ``prefill_tokens``).
 
 Activations (per device; ``b`` = rows per microbatch / (data*fsdp), ``T`` = padded length, query
 heads ``n``, kv heads ``k``, FFN ``f`` and vocab ``v`` divided by ``tensor`` where it divides them;
@@ -82,6 +83,8 @@ HEAD_F32_COPIES = 2  # float32 [b, T, v] buffers of the loss head (calibrated, s
 # pulls JetStream and TensorFlow)
 CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
 PREFIX_CACHE_AXES = ("layers", None, "kv_heads", "cache_seq", "head_dim")
+# engine.PREFILL_BATCH_TOKENS (not imported: the planner does not load JetStream)
+PREFILL_BATCH_TOKENS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,18 +371,20 @@ def plan(config: llama.LlamaConfig, workload: Workload, mesh_shape: Sequence[int
   grads = st["params"] * (2 if w.microbatches > 1 else 1)
   reference = st["params"] if w.in_step_reference else 0
 
-  # sampling: the decode state's cache, one prefill (its prefix cache [L, 1, t, K, H] replicated
-  # over the batch axes, its float32 logits) and the pending logits [slots, V] f32 (x3 for the
-  # top-p sort) and per-step activations (small).
+  # sampling: the decode state's cache, one batched prefill of up to max(t, 1024) tokens (the
+  # Sampler's default prefill_tokens: its prefix caches [L, n, K, t, H], counted replicated over
+  # the batch axes, its activations and float32 logits) and the pending logits [slots, V] f32
+  # (x3 for the top-p sort) and per-step activations (small).
   kv_shape = (config.n_layers, w.slots, config.n_kv_heads, w.decode_len, config.hd)
   kv_spec = shd.logical_to_spec(CACHE_AXES, kv_shape, mesh)
   kv = 2 * leaf_bytes(kv_shape, config.cdtype, jax.sharding.NamedSharding(mesh, kv_spec))
-  pre_shape = (config.n_layers, 1, config.n_kv_heads, w.prefill_len, config.hd)
+  prefill_tokens = max(w.prefill_len, PREFILL_BATCH_TOKENS)
+  pre_shape = (config.n_layers, 1, config.n_kv_heads, prefill_tokens, config.hd)
   pre_spec = shd.logical_to_spec(PREFIX_CACHE_AXES, pre_shape, mesh)
   prefix = 2 * leaf_bytes(pre_shape, config.cdtype, jax.sharding.NamedSharding(mesh, pre_spec))
   slots_local = max(1, -(-w.slots // batch_shards))
-  prefill_act = (residual_bytes_per_token(config, "none", w.prefill_len, mesh) * w.prefill_len
-                 + 4 * v * w.prefill_len)
+  prefill_act = (residual_bytes_per_token(config, "none", w.prefill_len, mesh) * prefill_tokens
+                 + 4 * v * prefill_tokens)
   decode = 3 * 4 * config.vocab_size * slots_local
   layer_c = _layer_param_bytes(config, mesh, c, gathered=True)
   sample_transient = prefix + prefill_act + decode + layer_c

@@ -313,3 +313,61 @@ def test_growing_decode_state_continues_exactly(model, per_layer):
     eng.init_decode_state(cache_length=161)
   with pytest.raises(ValueError, match="grow_cache first"):
     eng.insert(prefix, eng.init_decode_state(cache_length=8), 0)
+
+
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_prefill_batch_and_insert_many_equal_prefill_and_insert(model, per_layer):
+  """n prompts prefilled in one [n, t] forward and placed by one insert_many (a row going to two
+  slots, three inserts padded to four) give the state of prefill + insert one by one; the slot
+  the padding entry would address (none: it is dropped) and the untouched slot stay free."""
+  config, params = model
+  eng = _engine(model, max_concurrent_decodes=5, per_layer=per_layer)
+  rng = np.random.default_rng(4)
+  prompts = [[1] + rng.integers(3, 128, size=n - 1).tolist() for n in (5, 16, 9)]
+  tokens_nt = np.stack([_padded(p) for p in prompts] + [_padded([1])])
+  settings = dict(temperature=0.7, top_p=0.9, top_k=5, max_new_tokens=7)
+  batch = eng.prefill_batch(params=params, padded_tokens_nt=tokens_nt,
+                            true_lengths_n=[5, 16, 9, 1], **settings)
+  assert batch.logits_nv.shape == (4, 128) and batch.cache.length == 16
+  rows, slots = [2, 0, 2], [4, 1, 0]
+  keys = np.arange(6, dtype=np.uint32).reshape(3, 2) + 11
+  many = eng.insert_many(batch, eng.init_decode_state(), rows, slots, keys)
+  one = eng.init_decode_state()
+  for r, s, k in zip(rows, slots, keys):
+    prefix = eng.prefill(params=params, padded_tokens=tokens_nt[r], true_length=len(prompts[r]),
+                         **settings)
+    one = eng.insert(prefix, one, s, rng=k)
+  for a, b in zip(jax.tree.leaves(many), jax.tree.leaves(one)):
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(many.done_b), [False, False, True, True, False])
+  np.testing.assert_array_equal(np.asarray(many.pos_b), [9, 5, 0, 0, 9])
+  np.testing.assert_array_equal(np.asarray(many.budget_b), [7, 7, 0, 0, 7])
+  # and they decode the same tokens
+  _, r_many = eng.generate(params, many)
+  _, r_one = eng.generate(params, one)
+  np.testing.assert_array_equal(np.asarray(r_many.data), np.asarray(r_one.data))
+
+
+def test_prefill_batch_and_insert_many_errors(model):
+  config, params = model
+  eng = _engine(model)
+  tokens = np.stack([_padded([1, 5]), _padded([1])])
+  with pytest.raises(ValueError, match="true_lengths_n"):
+    eng.prefill_batch(params=params, padded_tokens_nt=tokens, true_lengths_n=[2, 0])
+  with pytest.raises(ValueError, match="true_lengths_n"):
+    eng.prefill_batch(params=params, padded_tokens_nt=tokens, true_lengths_n=[17, 1])
+  with pytest.raises(ValueError, match="max_prefill_length"):
+    eng.prefill_batch(params=params, padded_tokens_nt=np.zeros((1, 32), np.int32),
+                      true_lengths_n=[1])
+  with pytest.raises(ValueError, match=r"\[n >= 1, t\]"):
+    eng.prefill_batch(params=params, padded_tokens_nt=tokens[0], true_lengths_n=[2])
+  batch = eng.prefill_batch(params=params, padded_tokens_nt=tokens, true_lengths_n=[2, 1])
+  keys = np.zeros((2, 2), np.uint32)
+  with pytest.raises(ValueError, match="distinct"):
+    eng.insert_many(batch, eng.init_decode_state(), [0, 1], [1, 1], keys)
+  with pytest.raises(ValueError, match="rows must be"):
+    eng.insert_many(batch, eng.init_decode_state(), [0, 2], [0, 1], keys)
+  with pytest.raises(ValueError, match="rows must be"):
+    eng.insert_many(batch, eng.init_decode_state(), [0, 1], [0, 3], keys)
+  with pytest.raises(ValueError, match="grow_cache"):
+    eng.insert_many(batch, eng.init_decode_state(cache_length=8), [0], [0], keys[:1])

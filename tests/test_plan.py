@@ -125,10 +125,11 @@ def test_recommend_prefers_least_tensor_then_fsdp():
   assert none is None
 
 
-def test_cache_axes_match_the_engine():
+def test_cache_axes_and_prefill_budget_match_the_engine():
   from selfreward_jax.sampling import engine
   assert pl.CACHE_AXES == engine._CACHE_AXES
   assert pl.PREFIX_CACHE_AXES == engine._PREFIX_CACHE_AXES
+  assert pl.PREFILL_BATCH_TOKENS == engine.PREFILL_BATCH_TOKENS
 
 
 def test_cli_slice_table_and_errors():

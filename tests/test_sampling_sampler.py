@@ -198,3 +198,32 @@ def test_growing_cache_gives_the_same_samples_as_a_full_one(tiny):
   assert out[True][2].cache_growths >= 1 and out[True][2].cache_length == 128
   assert out[False][2].cache_growths == 0 and out[False][2].cache_length == 128
   assert s.generate([], max_new_tokens=5) == []  # nothing to sample: no cache to size
+
+
+def test_batched_prefill_gives_the_one_by_one_samples(tiny):
+  """Prompts of two buckets (16, 32) refilling the slots together are prefilled in batches: with
+  8 slots, the three of bucket 16 in one forward of 4 rows and the two of bucket 32 in one of 2;
+  a budget of 32 tokens splits them into 2 + 1 and 1 + 1 rows; budget 1 prefills one per forward.
+  All give the same tokens and log-probs, also with more samples than slots (refills of 1-2
+  prompts)."""
+  prompts = _prompts(128, lengths=(3, 20, 7, 12, 30), seed=7)
+  calls, runs = {}, {}
+  for budget, want_calls in ((None, 2), (32, 4), (1, 5)):
+    sampler = _sampler(tiny, 8, prefill_tokens=budget)
+    runs[budget, 8] = sampler.generate(prompts, return_logprobs=True, **SAMPLE_KW)
+    assert (sampler.stats.prefills, sampler.stats.prefill_calls) == (5, want_calls)
+    few = _sampler(tiny, 4, prefill_tokens=budget)
+    runs[budget, 4] = few.generate(prompts, num_samples=3, return_logprobs=True, **SAMPLE_KW)
+    assert few.stats.prefills == 5
+  for budget in (None, 32):
+    for slots in (8, 4):
+      (tok_a, lp_a), (tok_b, lp_b) = runs[budget, slots], runs[1, slots]
+      assert tok_a == tok_b
+      for a, b in zip(lp_a, lp_b):
+        for x, y in zip(a, b):
+          np.testing.assert_allclose(x, y, atol=1e-5)
+  greedy = [_sampler(tiny, 8, prefill_tokens=b).generate(prompts, max_new_tokens=10)
+            for b in (None, 1)]
+  assert greedy[0] == greedy[1]
+  with pytest.raises(ValueError, match="prefill_tokens"):
+    _sampler(tiny, 4, prefill_tokens=0)

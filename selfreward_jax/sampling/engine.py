@@ -84,8 +84,11 @@ log = logging.getLogger(__name__)
 # JetStream's token_utils only pads to these bucket lengths (and asserts pad_id == 0).
 PREFILL_BUCKETS = tuple(2 ** i for i in range(4, 16))
 MAX_STOP_IDS = 8
+# default token budget of one batched prefill (``Sampler(prefill_tokens=)``; the memory planner)
+PREFILL_BATCH_TOKENS = 1024
 _CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
 _PREFIX_CACHE_AXES = ("layers", None, "kv_heads", "cache_seq", "head_dim")
+_PREFIX_BATCH_CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
 
 
 class Prefix(NamedTuple):
@@ -106,6 +109,23 @@ class Prefix(NamedTuple):
   top_p: jax.Array
   top_k: jax.Array
   max_new_tokens: jax.Array
+
+
+class PrefixBatch(NamedTuple):
+  """Result of ``prefill_batch``: n prompts of one bucket length t prefilled together (owned by
+  the caller; ``insert_many`` does not consume it). The fields of ``Prefix`` with a leading n.
+
+  cache: ``KVCache`` of [l, n, k, t, h]; logits_nv: f32 [n, v]; true_length_n: int32 [n];
+  temperature_n, top_p_n: f32 [n]; top_k_n, max_new_tokens_n: int32 [n].
+  """
+
+  cache: llama.KVCache
+  logits_nv: jax.Array
+  true_length_n: jax.Array
+  temperature_n: jax.Array
+  top_p_n: jax.Array
+  top_k_n: jax.Array
+  max_new_tokens_n: jax.Array
 
 
 class DecodeState(NamedTuple):
@@ -257,6 +277,8 @@ class Engine(engine_api.Engine):
     self._generate_steps_jit = jax.jit(functools.partial(_generate_steps, c, s),
                                        static_argnames=("num_steps",), donate_argnums=(1,),
                                        out_shardings=(state_sh, rep, rep, rep, rep, rep))
+    self._prefill_batch_jits = {}  # n -> jitted batched prefill (its out shardings depend on n)
+    self._insert_many_jit = jax.jit(_insert_many, donate_argnums=(1,), out_shardings=state_sh)
     self._init_jit = jax.jit(functools.partial(_init_state, c, self._slots, cd, pl),
                              static_argnums=(0,), out_shardings=state_sh)
     # not donated: the old cache buffers cannot hold the longer cache (the caller drops them)
@@ -339,6 +361,84 @@ class Engine(engine_api.Engine):
     check_settings(temperature, top_p, top_k)
     return (np.float32(temperature), np.float32(top_p), np.int32(top_k),
             np.int32(max_new_tokens))
+
+  def prefill_batch(self, *, params: Any, padded_tokens_nt: np.ndarray,
+                    true_lengths_n: Sequence[int], temperature: Optional[float] = None,
+                    top_p: Optional[float] = None, top_k: Optional[int] = None,
+                    max_new_tokens: Optional[int] = None) -> PrefixBatch:
+    """Prefills n prompts of one bucket length t in one forward [n, t] (jitted per (n, t)).
+
+    Not part of JetStream's API (its prefill thread sends one prompt at a time); the ``Sampler``
+    uses it to prefill the prompts of a refill together, so the weights are read once per batch
+    instead of once per prompt. Each row's K/V and logits are those ``prefill`` computes for it
+    alone (the forward is row-independent; float rounding of the batched matmuls aside).
+
+    Args:
+      params: model parameters.
+      padded_tokens_nt: int [n, t], each prompt followed by pad ids; t a bucket length <= the max.
+      true_lengths_n: real tokens of each row, each in [1, t] (no truncation here).
+      temperature, top_p, top_k, max_new_tokens: the settings of every row (default: the
+        engine's).
+
+    Returns:
+      A ``PrefixBatch`` (cache [l, n, k, t, h], logits at each row's true_length - 1, settings).
+    """
+    tokens_nt = np.asarray(padded_tokens_nt, np.int32)
+    lengths_n = np.asarray(true_lengths_n, np.int32)
+    if tokens_nt.ndim != 2 or tokens_nt.shape[0] < 1:
+      raise ValueError(f"prefill_batch: padded_tokens_nt must be [n >= 1, t], got shape "
+                       f"{tokens_nt.shape}")
+    n, t = tokens_nt.shape
+    if t > self._max_prefill or t > self.max_cache_length:
+      raise ValueError(f"prefill_batch: bucket length {t} > max_prefill_length="
+                       f"{self._max_prefill}")
+    if lengths_n.shape != (n,) or np.any(lengths_n < 1) or np.any(lengths_n > t):
+      raise ValueError(f"prefill_batch: true_lengths_n must be {n} lengths in [1, {t}], got "
+                       f"{lengths_n.tolist()}")
+    settings = self._settings(temperature, top_p, top_k, max_new_tokens)
+    fn = self._prefill_batch_jits.get(n)
+    if fn is None:
+      c = self.config
+      shape = (c.n_layers, n, c.n_kv_heads, self._max_prefill, c.hd)
+      cache_sh = self._cache_sharding(_PREFIX_BATCH_CACHE_AXES, shape)
+      rep = NamedSharding(self._mesh, P())
+      out_sh = PrefixBatch(llama.KVCache(cache_sh, cache_sh), rep, rep, rep, rep, rep, rep)
+      fn = jax.jit(functools.partial(_prefill_batch, c, self.cache_dtype, self.per_layer),
+                   out_shardings=out_sh)
+      self._prefill_batch_jits[n] = fn
+    with jax.set_mesh(self._mesh):
+      return fn(params, tokens_nt, lengths_n, *settings)
+
+  def insert_many(self, prefixes: PrefixBatch, decode_state: DecodeState,
+                  rows: Sequence[int], slots: Sequence[int], rngs: np.ndarray) -> DecodeState:
+    """Places row ``rows[m]`` of ``prefixes`` in decode slot ``slots[m]`` for every m, in one
+    jitted call (``decode_state`` donated; ``prefixes`` not consumed, and a row may go to several
+    slots). What ``insert`` does per slot, with the slot keys given: ``rngs`` uint32 [m, 2].
+    The slots must be distinct free slots. The number of inserts is padded to a power of two
+    (one compilation per count bucket); padding entries write nothing.
+    """
+    rows_m = np.asarray(rows, np.int32)
+    slots_m = np.asarray(slots, np.int32)
+    rngs_m2 = np.asarray(rngs, np.uint32)
+    m, n, b = rows_m.shape[0], prefixes.logits_nv.shape[0], self._slots
+    if (slots_m.shape != (m,) or rngs_m2.shape != (m, 2) or m < 1 or m > b
+        or len(set(slots_m.tolist())) != m):
+      raise ValueError(f"insert_many: rows, slots (distinct) and rngs [m, 2] must have one entry "
+                       f"per insert, 1 <= m <= {b}; got {rows_m.shape}, {slots_m.tolist()}, "
+                       f"{rngs_m2.shape}")
+    if np.any(rows_m < 0) or np.any(rows_m >= n) or np.any(slots_m < 0) or np.any(slots_m >= b):
+      raise ValueError(f"insert_many: rows must be in [0, {n}) and slots in [0, {b}); got "
+                       f"{rows_m.tolist()}, {slots_m.tolist()}")
+    if prefixes.cache.length > decode_state.cache.length:
+      raise ValueError(f"insert_many: prefixes of {prefixes.cache.length} cache slots do not fit "
+                       f"the decode state's {decode_state.cache.length} (grow_cache first)")
+    pad = _pow2(m) - m  # padding inserts target slot b: out of range, dropped by the scatter
+    rows_m = np.concatenate([rows_m, np.zeros((pad,), np.int32)])
+    slots_m = np.concatenate([slots_m, np.full((pad,), b, np.int32)])
+    rngs_m2 = np.concatenate([rngs_m2, np.zeros((pad, 2), np.uint32)])
+    with jax.set_mesh(self._mesh):
+      return self._insert_many_jit(prefixes, decode_state, rows_m, slots_m, rngs_m2,
+                                   np.int32(self.max_cache_length))
 
   def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int, *,
              rng: Optional[jax.Array] = None) -> DecodeState:
@@ -597,6 +697,52 @@ def _prefill(config, cache_dtype, per_layer: bool, params, tokens_t, true_length
   logits_v = logits_11v[0, 0]
   return Prefix(cache, logits_v.astype(jnp.float32), true_length, temperature, top_p, top_k,
                 max_new_tokens)
+
+
+def _prefill_batch(config, cache_dtype, per_layer: bool, params, tokens_nt, true_length_n,
+                   temperature, top_p, top_k, max_new_tokens) -> PrefixBatch:
+  n, t = tokens_nt.shape
+  cache = llama.init_cache(config, n, t, cache_dtype, per_layer=per_layer)
+  logits_n1v, cache = llama.forward(params, tokens_nt, config, cache=cache,
+                                    logits_at_b=true_length_n - 1)
+  full = lambda x: jnp.full((n,), x)
+  return PrefixBatch(cache, logits_n1v[:, 0].astype(jnp.float32), true_length_n,
+                     full(temperature), full(top_p), full(top_k), full(max_new_tokens))
+
+
+def _insert_many(prefixes: PrefixBatch, state: DecodeState, rows_m, slots_m, rng_m2, s
+                 ) -> DecodeState:
+  """``_insert`` for m (row, slot) pairs in one scatter per field; entries whose slot is out of
+  range (the padding) are dropped."""
+  t = prefixes.cache.length
+
+  def put(cache, new):
+    if isinstance(cache, (tuple, list)):  # per layer: [b, k, s, h] <- [n, k, t, h]
+      return tuple(c.at[slots_m, :, :t].set(x[rows_m].astype(c.dtype), mode="drop")
+                   for c, x in zip(cache, new))
+    return cache.at[:, slots_m, :, :t].set(new[:, rows_m].astype(cache.dtype), mode="drop")
+
+  def set_(x_b, v_n):
+    return x_b.at[slots_m].set(v_n[rows_m].astype(x_b.dtype), mode="drop")
+
+  budget_n = jnp.where(prefixes.max_new_tokens_n > 0, prefixes.max_new_tokens_n, s)
+  return state._replace(
+      cache=llama.KVCache(put(state.cache.k_lbksh, prefixes.cache.k_lbksh),
+                          put(state.cache.v_lbksh, prefixes.cache.v_lbksh)),
+      logits_bv=set_(state.logits_bv, prefixes.logits_nv),
+      pos_b=set_(state.pos_b, prefixes.true_length_n),
+      length_b=state.length_b.at[slots_m].set(0, mode="drop"),
+      budget_b=set_(state.budget_b, budget_n),
+      done_b=set_(state.done_b, prefixes.true_length_n >= s),
+      temperature_b=set_(state.temperature_b, prefixes.temperature_n),
+      top_p_b=set_(state.top_p_b, prefixes.top_p_n),
+      top_k_b=set_(state.top_k_b, prefixes.top_k_n),
+      key_b2=state.key_b2.at[slots_m].set(rng_m2, mode="drop"))
+
+
+def _pow2(n: int) -> int:
+  """The smallest power of two >= n (n >= 1)."""
+  return 1 << (int(n) - 1).bit_length()
 
 
 def _grow_cache(state: DecodeState, s: int) -> DecodeState:
