@@ -132,6 +132,29 @@ def test_top_cap_fast_path_equals_full_sort(top_p, top_k):
     np.testing.assert_array_equal(np.isfinite(np.asarray(got)), np.isfinite(np.asarray(full)))
 
 
+def test_top_cap_path_taken_for_peaked_rows_and_skipped_only_where_it_cannot_resolve():
+  """sampling_logits skips lax.top_k when _exceeds_cap flags a row; it flags only rows the top_cap
+  path leaves unresolved (so skipping never changes which rows could take the fast path), and a
+  batch of peaked rows takes the fast path and keeps the sort reference's sets."""
+  rng = np.random.default_rng(8)
+  scales = np.array([0.02, 0.1, 0.3, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0], np.float32)
+  x = jnp.asarray(rng.normal(size=(9, 2000)).astype(np.float32) * scales[:, None])
+  for top_p, top_k in [(0.9, 0), (0.5, 0), (0.99, 0), (1.0, 10), (1.0, 100), (0.9, 100)]:
+    p, k = jnp.full(9, top_p), jnp.full(9, top_k, jnp.int32)
+    flagged = np.asarray(ops._exceeds_cap(x, p, k, 64))
+    _, resolved = ops._thresholds_from_top(x, p, k, 64)
+    assert not np.any(flagged & np.asarray(resolved)), (top_p, top_k, flagged, resolved)
+  p, k = jnp.full(9, 0.9), jnp.zeros(9, jnp.int32)
+  flagged = np.asarray(ops._exceeds_cap(x, p, k, 64))
+  assert flagged[:3].all() and not flagged[-3:].any(), flagged  # near-uniform / peaked rows
+  peaked, pp, kk = x[-3:], p[:3], k[:3]
+  assert np.asarray(ops._thresholds_from_top(peaked, pp, kk, 64)[1]).all()
+  want = jax.vmap(ops.filter_logits)(peaked, pp, kk)
+  got = ops.sampling_logits(peaked, jnp.ones(3), pp, kk)
+  np.testing.assert_array_equal(np.isfinite(np.asarray(got)), np.isfinite(np.asarray(want)))
+  assert 1 < np.isfinite(np.asarray(got)).sum(-1).max() < 64
+
+
 def _wide_logits(rows, vocab, seed, ties=False):
   x = np.random.default_rng(seed).normal(size=(rows, vocab)).astype(np.float32)
   return np.round(x * 2) / 2 if ties else x * 0.3  # ties (and -0.0) / a nucleus ~ the vocabulary
