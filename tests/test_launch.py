@@ -4,12 +4,13 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from conftest import REPO
 
-SCRIPTS = [os.path.join(REPO, "launch", n) for n in ("tpu.sh", "common.sh")]
+SCRIPTS = [os.path.join(REPO, "launch", n) for n in ("tpu.sh", "common.sh", "gpu_bench.sh")]
 TPU = os.path.join(REPO, "launch", "tpu.sh")
 
 
@@ -110,3 +111,24 @@ def test_usage_errors():
   assert out.returncode == 2 and "unknown flag --bogus" in out.stderr
   out = _dry("--help")
   assert out.returncode == 0 and "STEP" in out.stdout
+
+
+def test_gpu_bench_run_uses_the_seqio_stub_and_writes_results(tmp_path):
+  """launch/gpu_bench.sh run, here on the CPU at toy sizes and the sampling part only (the one
+  that imports JetStream): the seqio stand-in shadows seqio, the JSON holds our results only."""
+  import json
+  from test_benchmark import TOY
+  env = dict(os.environ, OUT=str(tmp_path), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             XLA_FLAGS="--xla_backend_optimization_level=0",
+             PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+             BENCH_ARGS=" ".join(TOY + ["--only=sampling", "--sample_repeats=1"]))
+  out = subprocess.run(["bash", "launch/gpu_bench.sh", "run"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "launch/gpu_stubs/seqio" in (tmp_path / "devices.txt").read_text()
+  res = json.loads((tmp_path / "gpu.json").read_text())
+  assert res["sample_ours_float32[greedy]"]["new_tokens"] == 4 * 8
+  assert "skipped" in res["sample_hf_f32[greedy]"]
+  assert (tmp_path / "gpu.txt").exists() and (tmp_path / "nvidia-smi.txt").exists()
+  bad = subprocess.run(["bash", "launch/gpu_bench.sh"], cwd=REPO, capture_output=True, text=True)
+  assert bad.returncode == 2 and "usage" in bad.stderr
