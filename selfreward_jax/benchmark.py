@@ -14,7 +14,8 @@ Measurements (details of what is timed in ``bench/train.py``, ``bench/sampling.p
 4. ``mfu``: model FLOP/s of our SFT step (``llama.flops_per_token``) over this machine's matmul
    peak measured in the same run (``jnp.dot`` on 2048^2: bf16 inputs with f32 accumulation; f32).
    With ``sampling``, the same for greedy f32 decoding, ours and ``generate``'s (the sampling
-   roofline: what fraction of the peak a 3x target would need).
+   roofline: what fraction of the peak a 3x target would need); with ``dpo``, the fraction of
+   the peak a DPO step 2x TRL's would need (the DPO target line).
 5. ``growth``: step time vs sequence length, sampling time vs number of prompts, compile time vs
    depth (flat: the layers run under ``lax.scan``).
 
@@ -235,6 +236,23 @@ def _derive(res: Dict[str, Any], parts: List[str]) -> None:
         res[f"mfu_dpo_{cd}"] = {"model_flops_per_s": flops, "peak_flops": res["peak"][peak_key],
                                 "mfu": flops / res["peak"][peak_key]}
     _sampling_roofline(res)
+    _dpo_target(res)
+
+
+def _dpo_target(res: Dict[str, Any]) -> None:
+  """Our DPO step's model FLOP/s against this run's peak (f32 and bf16 inputs), and the fraction
+  of that peak a step 2x TRL's pairs/s would need (the same model FLOPs per pair)."""
+  trl = _rate(res, "dpo_trl_f32", "pairs_per_s")
+  for cd, peak_key in (("f32", "f32_flops"), ("bf16", "bf16_f32acc_flops")):
+    ours = res.get(f"dpo_ours_{cd}")
+    if not trl or not isinstance(ours, dict) or "pairs_per_s" not in ours:
+      continue
+    per_pair = ours["model_flops_per_s"] / ours["pairs_per_s"]
+    peak = res["peak"][peak_key]
+    res[f"dpo_target_{cd}"] = {
+        "flops_per_pair": per_pair, "peak_flops": peak,
+        "ours_fraction_of_peak": ours["model_flops_per_s"] / peak,
+        "fraction_of_peak_for_2x_trl": 2 * trl * per_pair / peak}
 
 
 def _sampling_roofline(res: Dict[str, Any]) -> None:
@@ -347,6 +365,12 @@ def table(res: Dict[str, Any]) -> str:
         v = res[k]
         lines.append(f"  {k}: {v['model_flops_per_s'] / 1e9:,.1f} GFLOP/s = "
                      f"{100 * v['mfu']:.1f}% of the measured peak")
+  for cd in ("f32", "bf16"):
+    tgt = res.get(f"dpo_target_{cd}")
+    if tgt:
+      lines.append(f"DPO target ({cd}, {tgt['flops_per_pair'] / 1e9:.0f} GFLOP per pair): ours at "
+                   f"{100 * tgt['ours_fraction_of_peak']:.0f}% of the {cd} peak; 2x TRL would "
+                   f"need {100 * tgt['fraction_of_peak_for_2x_trl']:.0f}%")
   roof = res.get("sampling_roofline_f32")
   if roof:
     line = (f"sampling roofline (greedy f32, {c['prompts']} slots, "

@@ -38,3 +38,22 @@ def test_benchmark_toy_run(tmp_path):
   assert "sampling roofline" in proc.stdout
   assert set(res["growth_compile_bf16"]) == {"1", "2"}
   assert res["machine"]["nproc"] >= 1 and res["machine"]["loadavg"]
+
+
+def test_dpo_target_line_from_a_run_with_trl():
+  """The DPO target: FLOPs per pair from our rate, the fraction of the peak 2x TRL's pairs/s
+  would need, one line per dtype in the table (computed, not timed)."""
+  from selfreward_jax import benchmark
+  res = {"peak": {"f32_flops": 200e9, "bf16_f32acc_flops": 400e9},
+         "dpo_ours_f32": {"pairs_per_s": 1.0, "model_flops_per_s": 100e9},
+         "dpo_ours_bf16": {"pairs_per_s": 1.5, "model_flops_per_s": 150e9},
+         "dpo_trl_f32": {"pairs_per_s": 0.6}}
+  benchmark._dpo_target(res)
+  f32, bf16 = res["dpo_target_f32"], res["dpo_target_bf16"]
+  assert f32["flops_per_pair"] == 100e9 and bf16["flops_per_pair"] == 100e9
+  assert abs(f32["ours_fraction_of_peak"] - 0.5) < 1e-12
+  assert abs(f32["fraction_of_peak_for_2x_trl"] - 2 * 0.6 * 100e9 / 200e9) < 1e-12
+  assert abs(bf16["fraction_of_peak_for_2x_trl"] - 2 * 0.6 * 100e9 / 400e9) < 1e-12
+  no_trl = {k: v for k, v in res.items() if not k.startswith(("dpo_target", "dpo_trl"))}
+  benchmark._dpo_target(no_trl)
+  assert not any(k.startswith("dpo_target") for k in no_trl)
