@@ -266,7 +266,7 @@ class _Run:
       cap = 1 << max(0, (self.s.prefill_tokens // t).bit_length() - 1)  # power of two <= budget/t
       for k in range(0, len(group), cap):
         chunk = group[k:k + cap]
-        n = 1 << (len(chunk) - 1).bit_length()
+        n = engine_lib._pow2(len(chunk))  # pylint: disable=protected-access
         tokens_nt = np.zeros((n, t), np.int32)
         lengths_n = np.ones((n,), np.int32)
         for row, i in enumerate(chunk):
