@@ -88,7 +88,6 @@ MAX_STOP_IDS = 8
 PREFILL_BATCH_TOKENS = 1024
 _CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
 _PREFIX_CACHE_AXES = ("layers", None, "kv_heads", "cache_seq", "head_dim")
-_PREFIX_BATCH_CACHE_AXES = ("layers", "batch", "kv_heads", "cache_seq", "head_dim")
 
 
 class Prefix(NamedTuple):
@@ -400,7 +399,7 @@ class Engine(engine_api.Engine):
     if fn is None:
       c = self.config
       shape = (c.n_layers, n, c.n_kv_heads, self._max_prefill, c.hd)
-      cache_sh = self._cache_sharding(_PREFIX_BATCH_CACHE_AXES, shape)
+      cache_sh = self._cache_sharding(_CACHE_AXES, shape)  # rows over the batch axes
       rep = NamedSharding(self._mesh, P())
       out_sh = PrefixBatch(llama.KVCache(cache_sh, cache_sh), rep, rep, rep, rep, rep, rep)
       fn = jax.jit(functools.partial(_prefill_batch, c, self.cache_dtype, self.per_layer),

@@ -24,6 +24,8 @@ other rows of the batch (the property the offline sampler's batch-independence r
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -56,7 +58,7 @@ def filter_logits(scaled_v: jax.Array, top_p: jax.Array, top_k: jax.Array) -> ja
 
 
 def _thresholds_from_top(scaled_bv: jax.Array, top_p_b: jax.Array, top_k_b: jax.Array,
-                         cap: int):
+                         cap: int, lse_all_b: Optional[jax.Array] = None):
   """Per-row keep thresholds from the ``cap`` largest logits only (``lax.top_k``, far cheaper
   than sorting the vocabulary). Returns (threshold_b, resolved_b): a row is resolved when its
   kept set provably lies within its ``cap`` largest logits; then ``scaled >= threshold`` is
@@ -66,7 +68,8 @@ def _thresholds_from_top(scaled_bv: jax.Array, top_p_b: jax.Array, top_k_b: jax.
   no_k_b = (top_k_b <= 0) | (top_k_b >= v)
   k_b = jnp.where(no_k_b, v, top_k_b)
   in_k_bc = jnp.arange(cap)[None, :] < k_b[:, None]
-  lse_all_b = jax.nn.logsumexp(scaled_bv, axis=-1)
+  if lse_all_b is None:
+    lse_all_b = jax.nn.logsumexp(scaled_bv, axis=-1)
   lse_k_b = jax.nn.logsumexp(jnp.where(in_k_bc, vals_bc, -jnp.inf), axis=-1)
   probs_bc = jnp.where(in_k_bc, jnp.exp(vals_bc - jnp.where(no_k_b, lse_all_b, lse_k_b)[:, None]), 0)
   mass_before_bc = jnp.cumsum(probs_bc, axis=-1) - probs_bc
@@ -151,15 +154,17 @@ def _thresholds_by_bisection(scaled_bv: jax.Array, top_p_b: jax.Array, top_k_b: 
   return jnp.where(unfiltered_b, jnp.uint32(0), threshold_b)
 
 
-def _exceeds_cap(scaled_bv: jax.Array, top_p_b: jax.Array, top_k_b: jax.Array, cap: int
-                 ) -> jax.Array:
+def _exceeds_cap(scaled_bv: jax.Array, top_p_b: jax.Array, top_k_b: jax.Array, cap: int,
+                 lse_all_b: Optional[jax.Array] = None) -> jax.Array:
   """bool [B]: rows whose kept set cannot lie within their ``cap`` largest logits, so
   ``_thresholds_from_top`` cannot resolve them: a top-k wider than the cap, or a nucleus that
   ``cap`` tokens of the row's largest probability cannot fill (a near-uniform distribution). A
   cheap pass (max and logsumexp) deciding which exact method runs, so float rounding in it
   cannot change a kept set."""
   v = scaled_bv.shape[-1]
-  max_prob_b = jnp.exp(jnp.max(scaled_bv, axis=-1) - jax.nn.logsumexp(scaled_bv, axis=-1))
+  if lse_all_b is None:
+    lse_all_b = jax.nn.logsumexp(scaled_bv, axis=-1)
+  max_prob_b = jnp.exp(jnp.max(scaled_bv, axis=-1) - lse_all_b)
   filtering_b = (top_p_b < 1.0) | (top_k_b > 0)
   wide_k_b = (top_k_b > cap) & (top_k_b < v)
   no_k_b = (top_k_b <= 0) | (top_k_b >= v)
@@ -189,13 +194,16 @@ def sampling_logits(logits_bv: jax.Array, temperature_b: jax.Array, top_p_b: jax
       key_threshold_b = _thresholds_by_bisection(x, top_p_b, top_k_b)
       return jnp.where(_sortable_u32(x) >= key_threshold_b[:, None], x, -jnp.inf)
 
+    lse_b = jax.nn.logsumexp(x, axis=-1)  # once for the gate and the top-cap path
+
     def fast_or_exact():
-      threshold_b, resolved_b = _thresholds_from_top(x, top_p_b, top_k_b, cap)
+      threshold_b, resolved_b = _thresholds_from_top(x, top_p_b, top_k_b, cap, lse_b)
       fast = lambda: jnp.where(x >= threshold_b[:, None], x, -jnp.inf)
       return jax.lax.cond(jnp.all(resolved_b), fast, exact)
 
     # skip lax.top_k (~2 ms at 32 x 32000 on CPU) when some row cannot resolve within the cap
-    return jax.lax.cond(jnp.any(_exceeds_cap(x, top_p_b, top_k_b, cap)), exact, fast_or_exact)
+    return jax.lax.cond(jnp.any(_exceeds_cap(x, top_p_b, top_k_b, cap, lse_b)), exact,
+                        fast_or_exact)
 
   needs_filter = jnp.any((top_p_b < 1.0) | (top_k_b > 0))
   return jax.lax.cond(needs_filter, filtered, lambda x: x, scaled_bv)
